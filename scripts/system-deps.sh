@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages threezone needs, when they are missing.
+# As root with apt-get, installs them; otherwise prints the command to run.
+set -euo pipefail
+
+needed=()
+# `python3 -m venv` needs ensurepip, which Debian ships separately.
+if ! "${PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null; then
+  needed+=(python3-venv)
+fi
+
+[ ${#needed[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian packages: ${needed[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
+else
+  echo "threezone needs these OS packages: ${needed[*]}" >&2
+  echo "Install them with: sudo apt-get install ${needed[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,3 @@
+from threezone.cli.main import app
+
+app()

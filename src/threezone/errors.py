@@ -1,0 +1,225 @@
+"""Every exception threezone raises on purpose, in one tree.
+
+::
+
+    ThreezoneError
+    ├── ProtocolError                     bytes on a zone socket were not a valid message
+    │   ├── RemoteProtocolError           the peer sent something invalid ("their fault")
+    │   │   └── FrameTooLargeError        a frame header announced more than the maximum
+    │   └── LocalProtocolError            we tried to send something invalid ("our fault")
+    ├── ConfigError                       threezone.toml is unreadable or invalid (key path)
+    ├── PolicyError                       a policy file failed to parse (file:line:col)
+    ├── AuditError                        the audit log cannot be read or appended
+    │   └── AuditChainBroken              verification found the first broken record
+    ├── ReaderError                       a reader refused untrusted input (typed, never a crash)
+    │   ├── InputTooLargeError            a size, count or depth limit was exceeded
+    │   └── MalformedInputError           the input could not be parsed at all
+    ├── ZoneError                         a zone misbehaved; the message it held is quarantined
+    │   ├── ZoneStartError                the zone did not start or never said hello
+    │   ├── ZoneCrashedError              the zone's process died or dropped its socket
+    │   ├── ZoneTimeoutError              the zone missed a deadline and was killed
+    │   └── ZoneReplyError                the zone answered with the wrong message or an error
+    ├── BackendError                      an isolation backend cannot run here
+    └── InboxError                        the durable inbox refused an operation
+
+Errors carry fields and render once, in ``__str__``; nobody parses a message.
+"""
+
+from __future__ import annotations
+
+
+class ThreezoneError(Exception):
+    """Base of every error threezone raises on purpose."""
+
+
+# --- protocol ---------------------------------------------------------------------------------
+
+
+class ProtocolError(ThreezoneError):
+    """Bytes on a zone socket were not a valid message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame or message.
+
+    Any other exception escaping the decoder is a bug in the decoder.
+    """
+
+
+class FrameTooLargeError(RemoteProtocolError):
+    """A frame header announced a body over the configured maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to encode something that is not a valid message (a bug on our side)."""
+
+
+# --- configuration and policy -----------------------------------------------------------------
+
+
+class ConfigError(ThreezoneError):
+    """The configuration file is unreadable or does not match the schema."""
+
+    def __init__(self, path: str, key_path: str, detail: str) -> None:
+        super().__init__(path, key_path, detail)
+        self.path = path
+        self.key_path = key_path
+        self.detail = detail
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.key_path}" if self.key_path else self.path
+        return f"{where}: {self.detail}"
+
+
+class PolicyError(ThreezoneError):
+    """A policy file failed to parse; carries every error found, first one first."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+class PolicyProblem:
+    """One parse error at ``file:line:col`` (1-based), with what was expected."""
+
+    __slots__ = ("col", "file", "line", "message")
+
+    def __init__(self, file: str, line: int, col: int, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.col = col
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"PolicyProblem({self})"
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+class AuditError(ThreezoneError):
+    """The audit log cannot be read or appended."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+class AuditChainBroken(AuditError):
+    """Verification found a broken record; ``line`` is the first bad one (1-based)."""
+
+    def __init__(self, path: str, line: int, kind: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.line = line
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.kind}: {self.detail}"
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+
+class ReaderError(ThreezoneError):
+    """A reader refused untrusted input. ``code`` is stable and crosses the wire."""
+
+    code = "reader_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class InputTooLargeError(ReaderError):
+    """A size, count or depth limit on untrusted input was exceeded."""
+
+    code = "input_too_large"
+
+
+class MalformedInputError(ReaderError):
+    """The untrusted input could not be parsed at all."""
+
+    code = "malformed_input"
+
+
+# --- zones and backends -----------------------------------------------------------------------
+
+
+class ZoneError(ThreezoneError):
+    """A zone misbehaved. ``code`` is stable and is what the inbox records."""
+
+    code = "zone_error"
+
+    def __init__(self, zone: str, detail: str) -> None:
+        super().__init__(zone, detail)
+        self.zone = zone
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"zone {self.zone}: {self.code}: {self.detail}"
+
+
+class ZoneStartError(ZoneError):
+    code = "zone_start_failed"
+
+
+class ZoneCrashedError(ZoneError):
+    code = "zone_crashed"
+
+
+class ZoneTimeoutError(ZoneError):
+    code = "zone_timeout"
+
+
+class ZoneReplyError(ZoneError):
+    code = "zone_bad_reply"
+
+
+class BackendError(ThreezoneError):
+    """An isolation backend cannot run on this machine; ``fix`` says what would help."""
+
+    def __init__(self, backend: str, detail: str, fix: str = "") -> None:
+        super().__init__(backend, detail, fix)
+        self.backend = backend
+        self.detail = detail
+        self.fix = fix
+
+    def __str__(self) -> str:
+        tail = f" (fix: {self.fix})" if self.fix else ""
+        return f"backend {self.backend}: {self.detail}{tail}"
+
+
+class InboxError(ThreezoneError):
+    """The durable inbox refused an operation (unknown message, bad transition)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
