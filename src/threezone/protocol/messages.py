@@ -1,0 +1,232 @@
+"""Every message that crosses a zone socket, as frozen structs in one tagged union.
+
+Each struct is decoded strictly: unknown fields are errors, every string and list has
+an explicit bound, and the ``type`` field selects the struct. Requests carry an ``id``
+chosen by the sender; responses carry ``reply_to`` naming it.
+
+Content that came from outside (a sanitized message's fields) stays untrusted even
+after the reader cleaned it; the planner must treat it as data, never as orders.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Bounds. They guard memory and make hostile peers fail fast; they are not tuned to
+# content (a reader cuts bodies well below MAX_BODY).
+MAX_SHORT = 256
+MAX_LINE = 2_048
+MAX_URL = 4_096
+MAX_BODY = 1_000_000
+MAX_LIST = 512
+MAX_REASONS = 64
+MAX_ARGS = 32
+MAX_RAW = 25 * 1024 * 1024
+
+MsgId = Annotated[int, Meta(ge=0, le=2**53)]
+Short = Annotated[str, Meta(max_length=MAX_SHORT)]
+Line = Annotated[str, Meta(max_length=MAX_LINE)]
+Body = Annotated[str, Meta(max_length=MAX_BODY)]
+Url = Annotated[str, Meta(max_length=MAX_URL)]
+ActionName = Annotated[
+    str, Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+]
+ArgName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+ArgValue = (
+    Annotated[str, Meta(max_length=MAX_BODY)] | Annotated[int, Meta(ge=-(2**53), le=2**53)] | bool
+)
+Channel = Literal["email", "telegram", "slack"]
+Role = Literal["reader", "planner"]
+Decision = Literal["allow", "deny", "ask"]
+Count = Annotated[int, Meta(ge=0, le=2**53)]
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of the payload structs: immutable, strict."""
+
+
+# --- the reader's output ----------------------------------------------------------------------
+
+
+class Link(_Frozen, frozen=True):
+    text: Line
+    url: Url
+    host: Short
+
+
+class Attachment(_Frozen, frozen=True):
+    name: Short
+    content_type: Short
+    size: Count
+
+
+class Injection(_Frozen, frozen=True):
+    flagged: bool
+    score: Annotated[float, Meta(ge=0.0, le=1.0)]
+    reasons: Annotated[list[Line], Meta(max_length=MAX_REASONS)]
+
+
+class Dropped(_Frozen, frozen=True):
+    """How much the reader removed, so the executor can show it without seeing it."""
+
+    hidden_chars: Count = 0
+    invisible_chars: Count = 0
+    parts: Count = 0
+    links: Count = 0
+
+
+class SanitizedMessage(_Frozen, frozen=True):
+    channel: Channel
+    id: Short
+    sender: Short = msgspec.field(name="from")
+    subject: Line
+    body: Body
+    links: Annotated[list[Link], Meta(max_length=MAX_LIST)]
+    attachments: Annotated[list[Attachment], Meta(max_length=MAX_LIST)]
+    injection: Injection
+    sanitized: Literal[True]
+    dropped: Dropped = Dropped()
+
+
+# --- episodes ---------------------------------------------------------------------------------
+
+
+class Trigger(_Frozen, frozen=True):
+    """What the executor itself vouches for about the message that opened an episode."""
+
+    channel: Channel
+    account: Short
+    sender: Short | None
+    sender_authenticated: bool
+    received_at: Short
+    flagged: bool
+
+
+class Capability(_Frozen, frozen=True):
+    action: ActionName
+    description: Line
+    params: Annotated[list[ArgName], Meta(max_length=MAX_ARGS)]
+
+
+class Episode(_Frozen, frozen=True):
+    episode_id: Short
+    message: SanitizedMessage
+    trigger: Trigger
+    capabilities: Annotated[list[Capability], Meta(max_length=MAX_LIST)]
+
+
+class ChatMessage(_Frozen, frozen=True):
+    role: Literal["system", "user", "assistant"]
+    content: Body
+
+
+# --- the wire union ---------------------------------------------------------------------------
+
+
+class _Message(_Frozen, frozen=True, tag_field="type"):
+    pass
+
+
+class Hello(_Message, frozen=True, tag="hello"):
+    """A zone's first frame: who it is (the socket already says; this must agree)."""
+
+    zone: Short
+    role: Role
+    pid: Count
+    version: Short
+
+
+class Ready(_Message, frozen=True, tag="ready"):
+    zone: Short
+
+
+class SanitizeRequest(_Message, frozen=True, tag="sanitize"):
+    id: MsgId
+    channel: Channel
+    message_id: Short
+    raw: Annotated[bytes, Meta(max_length=MAX_RAW)]
+
+
+class SanitizeResult(_Message, frozen=True, tag="sanitized"):
+    id: MsgId
+    reply_to: MsgId
+    message: SanitizedMessage
+
+
+class PlanRequest(_Message, frozen=True, tag="plan"):
+    id: MsgId
+    episode: Episode
+
+
+class PlanResult(_Message, frozen=True, tag="plan_done"):
+    id: MsgId
+    reply_to: MsgId
+    summary: Line
+    steps: Count
+
+
+class ActionRequest(_Message, frozen=True, tag="action"):
+    id: MsgId
+    episode_id: Short
+    action: ActionName
+    args: Annotated[dict[ArgName, ArgValue], Meta(max_length=MAX_ARGS)]
+
+
+class ActionResult(_Message, frozen=True, tag="action_result"):
+    id: MsgId
+    reply_to: MsgId
+    decision: Decision
+    rule: Line
+    reason: Line
+    executed: bool
+    result: Annotated[dict[ArgName, Line], Meta(max_length=MAX_ARGS)] = {}
+
+
+class LLMRequest(_Message, frozen=True, tag="llm"):
+    id: MsgId
+    episode_id: Short
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_LIST)]
+    max_tokens: Annotated[int, Meta(ge=1, le=100_000)]
+
+
+class LLMResponse(_Message, frozen=True, tag="llm_result"):
+    id: MsgId
+    reply_to: MsgId
+    content: Body
+    stop_reason: Short
+    input_tokens: Count
+    output_tokens: Count
+
+
+class Error(_Message, frozen=True, tag="error"):
+    """A typed error: ``code`` is stable, ``detail`` is for people. Never a traceback."""
+
+    id: MsgId
+    reply_to: MsgId | None
+    code: Short
+    detail: Line
+
+
+class Shutdown(_Message, frozen=True, tag="shutdown"):
+    id: MsgId
+
+
+Message = (
+    Hello
+    | Ready
+    | SanitizeRequest
+    | SanitizeResult
+    | PlanRequest
+    | PlanResult
+    | ActionRequest
+    | ActionResult
+    | LLMRequest
+    | LLMResponse
+    | Error
+    | Shutdown
+)
+
+Response = SanitizeResult | PlanResult | ActionResult | LLMResponse | Error
