@@ -1,0 +1,207 @@
+"""Decide one action request against a policy: first matching rule wins, else deny.
+
+Pure: no I/O and no clock (rate limits are counted by the caller, which gets the
+matching rule's :class:`Rate` back in the decision).
+
+Matching rules, chosen to fail closed:
+
+- An action pattern is an exact name or a glob where only ``*`` is special and matches
+  any run of characters, dots included (``email.*`` matches ``email.send``).
+- Condition values are compared case-insensitively, all of them: e-mail addresses and
+  chat handles are case-insensitive in practice, and a case difference must not slip
+  past a ``deny``. Lists from config must hold lowercase strings.
+- Booleans compare as ``true``/``false`` and integers as their decimal text.
+- A condition whose data is missing is false, for ``=`` and ``!=`` alike: an absent
+  argument, an unknown ``@list``, and ``trigger.sender`` when the sender is not
+  authenticated. So conditions can only make an ``allow`` *narrower*. The flip side:
+  conditions in a ``deny`` rule over missing data do not fire, which is why a policy
+  should grant with positive conditions and end with ``* * deny`` rather than rely on
+  ``!=`` in deny rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from threezone.errors import PolicyError
+from threezone.policy.model import (
+    DEFAULT_DENY_REF,
+    POLICY_ERROR_REF,
+    Condition,
+    Policy,
+    PolicyDecision,
+    Rule,
+)
+from threezone.protocol.messages import Trigger
+
+ArgValue = str | int | bool
+
+# Decisions end up in bounded protocol fields and audit records; a reason is for
+# people, so we keep it to a readable size rather than let a long value swell it.
+MAX_REASON = 1_000
+_MAX_NEAR_MISSES = 5
+_TRIGGER_PREFIX = "trigger."
+
+
+def evaluate(
+    policy: Policy,
+    action: str,
+    args: Mapping[str, ArgValue],
+    trigger: Trigger,
+    lists: Mapping[str, frozenset[str]],
+) -> PolicyDecision:
+    """The first rule whose action pattern and every condition match decides."""
+    if policy.error is not None:
+        return _broken_policy(policy.error)
+    wanted = action.lower()
+    near_misses: list[str] = []
+    for rule in policy.rules:
+        if not glob_match(rule.action, wanted):
+            continue
+        if all(_holds(c, args, trigger, lists) for c in rule.conditions):
+            return _decided_by(rule, action)
+        near_misses.append(rule.ref)
+    return _default_deny(action, near_misses)
+
+
+def could_allow(policy: Policy, action: str) -> bool:
+    """Whether some request for ``action`` might be allowed or asked about.
+
+    Used to decide which capabilities to offer the planner, so it over-approximates:
+    conditions are assumed to hold, except that an unconditional ``deny`` earlier in
+    the file shadows everything after it (first match wins).
+    """
+    if policy.error is not None:
+        return False
+    wanted = action.lower()
+    for rule in policy.rules:
+        if not glob_match(rule.action, wanted):
+            continue
+        if rule.decision != "deny":
+            return True
+        if not rule.conditions:
+            return False
+    return False
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """``fnmatch`` with only ``*`` special; linear-ish, with no regex backtracking.
+
+    Values come from the planner and can be long, so we avoid a regex whose
+    backtracking on ``*a*a*a`` patterns could take polynomial time per star.
+    Greedy leftmost matching of the pieces between stars is exact for such globs.
+    """
+    head, *middle = pattern.split("*")
+    if not middle:
+        return text == pattern
+    tail = middle.pop()
+    if len(text) < len(head) + len(tail) or not text.startswith(head) or not text.endswith(tail):
+        return False
+    pos, end = len(head), len(text) - len(tail)
+    for piece in middle:
+        found = text.find(piece, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return True
+
+
+def _holds(
+    condition: Condition,
+    args: Mapping[str, ArgValue],
+    trigger: Trigger,
+    lists: Mapping[str, frozenset[str]],
+) -> bool:
+    """True only if the data is there and the test says so (see the module docstring)."""
+    actual = _subject_value(condition.subject, args, trigger)
+    if actual is None:
+        return False
+    matched = _value_matches(condition, actual.lower(), lists)
+    if matched is None:
+        return False
+    return matched != condition.negate
+
+
+def _value_matches(
+    condition: Condition, actual: str, lists: Mapping[str, frozenset[str]]
+) -> bool | None:
+    """Whether ``actual`` (lowercased) matches; None when the named list does not exist."""
+    if condition.kind == "list":
+        members = lists.get(condition.value)
+        return None if members is None else actual in members
+    if condition.kind == "glob":
+        return glob_match(condition.value.lower(), actual)
+    return actual == condition.value.lower()
+
+
+def _subject_value(subject: str, args: Mapping[str, ArgValue], trigger: Trigger) -> str | None:
+    if subject.startswith(_TRIGGER_PREFIX):
+        return _trigger_value(subject[len(_TRIGGER_PREFIX) :], trigger)
+    if subject not in args:
+        return None
+    return _render(args[subject])
+
+
+def _trigger_value(name: str, trigger: Trigger) -> str | None:
+    getter = _TRIGGER_GETTERS.get(name)
+    return None if getter is None else _render(getter(trigger))
+
+
+def _authenticated_sender(trigger: Trigger) -> str | None:
+    """The sender only when vouched for.
+
+    The executor already sets ``sender`` to None when unauthenticated; checking again
+    means an address nobody verified can never satisfy a sender condition.
+    """
+    return trigger.sender if trigger.sender_authenticated else None
+
+
+# An explicit map rather than getattr, so a rule can reach these fields and no others.
+_TRIGGER_GETTERS: Mapping[str, Callable[[Trigger], object]] = {
+    "channel": lambda trigger: trigger.channel,
+    "account": lambda trigger: trigger.account,
+    "sender": _authenticated_sender,
+    "sender_authenticated": lambda trigger: trigger.sender_authenticated,
+    "flagged": lambda trigger: trigger.flagged,
+}
+
+
+def _render(value: object) -> str | None:
+    """A value as the text conditions compare against; None for anything unexpected."""
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return "true" if value else "false"
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python will print: treat as absent
+            return None
+    if isinstance(value, str):
+        return value
+    return None
+
+
+def _decided_by(rule: Rule, action: str) -> PolicyDecision:
+    how = ", ".join(c.text for c in rule.conditions) if rule.conditions else "no conditions"
+    reason = f"{action!r} matched {rule.action!r} at {rule.ref} ({how}): {rule.decision}"
+    return PolicyDecision(rule.decision, rule.ref, rule.text, _cap(reason), rule.rate)
+
+
+def _default_deny(action: str, near_misses: list[str]) -> PolicyDecision:
+    reason = f"no rule matched {action!r}; denied by default"
+    if near_misses:
+        shown = ", ".join(near_misses[:_MAX_NEAR_MISSES])
+        more = "" if len(near_misses) <= _MAX_NEAR_MISSES else ", ..."
+        reason += f" (conditions did not hold at {shown}{more})"
+    return PolicyDecision("deny", DEFAULT_DENY_REF, "", _cap(reason), None)
+
+
+def _broken_policy(error: PolicyError) -> PolicyDecision:
+    first = str(error.problems[0]) if error.problems else "no details"
+    rest = len(error.problems) - 1
+    more = f" (and {rest} more problem{'s' if rest != 1 else ''})" if rest > 0 else ""
+    reason = f"policy failed to parse: {first}{more}"
+    return PolicyDecision("deny", POLICY_ERROR_REF, "", _cap(reason), None)
+
+
+def _cap(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
