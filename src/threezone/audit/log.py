@@ -2,11 +2,11 @@
 
 Durability: each record is one ``os.write`` on an ``O_APPEND`` descriptor, and by
 default :meth:`AuditLog.append` fsyncs before it returns, so a decision the executor
-acts on is on disk first. ``durable=False``
-defers the fsync (group commit) to the next durable append, :meth:`AuditLog.sync` or
-:meth:`AuditLog.close`: for records whose loss in a power cut costs nothing but the
-record (the step they describe is redone). A crash mid-write leaves at most a torn last
-line, which verification reports as "truncated-line"; nothing is ever repaired silently.
+acts on is on disk first. ``durable=False`` defers the fsync (group commit) to the
+next durable append, :meth:`AuditLog.sync` or :meth:`AuditLog.close`: for records
+whose loss in a power cut costs nothing but the record (the step is redone). A crash
+mid-write leaves at most a torn last line, which verification reports as
+"truncated-line"; nothing is ever repaired silently.
 
 One writer per file: :meth:`AuditLog.open` takes an exclusive ``flock`` (advisory, POSIX)
 so a second executor cannot fork the chain. Within a process an ``AuditLog`` is not
