@@ -1,0 +1,81 @@
+"""The actions the executor can perform, their parameters, and how they run.
+
+The planner only *names* an action and its arguments. Here the executor checks the
+arguments against the action's parameters (before the policy sees them), and only
+after the policy admitted the action does it run it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from threezone.connectors.outbox import Outbox
+from threezone.protocol.messages import ArgValue, Capability
+
+Runner = Callable[[Mapping[str, ArgValue], str], Awaitable[dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    required: bool = True
+    max_length: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    run: Runner
+
+    def problems(self, args: Mapping[str, ArgValue]) -> list[str]:
+        """What is wrong with ``args`` for this action; empty when they fit."""
+        known = {p.name: p for p in self.params}
+        found = [f"unknown argument {name!r}" for name in args if name not in known]
+        for param in self.params:
+            value = args.get(param.name)
+            if value is None:
+                if param.required:
+                    found.append(f"missing argument {param.name!r}")
+            elif not isinstance(value, str):
+                found.append(f"argument {param.name!r} must be a string")
+            elif len(value) > param.max_length:
+                found.append(f"argument {param.name!r} is over {param.max_length} characters")
+        return found
+
+    def capability(self) -> Capability:
+        return Capability(
+            action=self.name, description=self.description, params=[p.name for p in self.params]
+        )
+
+
+def email_actions(outbox: Outbox) -> list[ActionSpec]:
+    """``email.send``, ``email.reply`` and ``email.draft``, delivered to a local outbox."""
+
+    def runner(folder: str) -> Runner:
+        async def run(args: Mapping[str, ArgValue], key: str) -> dict[str, str]:
+            headers = {"To": str(args["to"]), "Subject": str(args.get("subject", ""))}
+            if "in_reply_to" in args:
+                headers["X-Threezone-In-Reply-To"] = str(args["in_reply_to"])
+            path = outbox.deliver(folder, key, headers, str(args.get("body", "")))
+            return {"delivered": str(path)}
+
+        return run
+
+    address = Param("to", max_length=254)
+    subject = Param("subject", required=False, max_length=998)
+    body = Param("body", max_length=100_000)
+    return [
+        ActionSpec("email.send", "Send a new email.", (address, subject, body), runner("sent")),
+        ActionSpec(
+            "email.reply",
+            "Reply to the message that started this episode.",
+            (address, subject, body, Param("in_reply_to", required=False, max_length=256)),
+            runner("sent"),
+        ),
+        ActionSpec(
+            "email.draft", "Save a draft for the owner.", (address, subject, body), runner("drafts")
+        ),
+    ]

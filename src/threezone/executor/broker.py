@@ -1,0 +1,338 @@
+"""The executor's side of the zone sockets: accept, validate, route, supervise.
+
+One listening Unix socket per zone, in a private runtime directory (mode 0700). The
+socket a connection arrives on is the zone's identity; ``SO_PEERCRED`` must match the
+process the backend started, and the zone's hello must name that zone and role.
+
+:class:`ZoneConnection` reads frames, checks the size before reading a body, matches
+replies to our requests by id, and hands the zone's own requests (only the planner
+may send those) to the executor. :class:`Zone` starts the zone through its backend,
+enforces per-request deadlines (killing the zone's process tree when one passes) and
+restarts a dead zone with backoff before its next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from threezone.backends.base import Backend, ZoneHandle, ZoneSpec
+from threezone.errors import (
+    RemoteProtocolError,
+    ThreezoneError,
+    ZoneCrashedError,
+    ZoneError,
+    ZoneReplyError,
+    ZoneStartError,
+    ZoneTimeoutError,
+)
+from threezone.protocol.framing import HEADER_SIZE, body_length, decode_body, encode_frame
+from threezone.protocol.messages import (
+    ActionRequest,
+    Hello,
+    LLMRequest,
+    Message,
+    Ready,
+    Response,
+    Shutdown,
+)
+
+log = logging.getLogger(__name__)
+
+ZoneRequest = ActionRequest | LLMRequest
+RequestHandler = Callable[["Zone", ZoneRequest], Awaitable[Message]]
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSettings:
+    hello_timeout: float
+    request_timeout: float
+    max_frame: int  # what a zone may send us
+    max_frame_out: int  # what we may send a zone (raw messages are larger)
+    restart_backoff: tuple[float, ...]
+
+
+class ZoneConnection:
+    """One accepted zone connection: frames both ways, replies matched by id."""
+
+    def __init__(
+        self, zone: Zone, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._zone = zone
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed: asyncio.Future[ZoneError] = asyncio.get_running_loop().create_future()
+
+    async def read_message(self) -> Message:
+        header = await self._reader.readexactly(HEADER_SIZE)
+        size = body_length(header, self._zone.settings.max_frame)
+        return decode_body(await self._reader.readexactly(size))
+
+    async def send(self, message: Message) -> None:
+        self._writer.write(encode_frame(message, self._zone.settings.max_frame_out))
+        await self._writer.drain()
+
+    def expect(self, request_id: int) -> asyncio.Future[Response]:
+        """Register interest in the reply to ``request_id`` before sending the request."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        return future
+
+    def forget(self, request_id: int) -> None:
+        self._pending.pop(request_id, None)
+
+    async def run(self) -> None:
+        """Read until EOF or a protocol violation; then fail every pending request."""
+        failure: ZoneError
+        try:
+            while True:
+                self._route(await self.read_message())
+        except (asyncio.IncompleteReadError, ConnectionError):
+            failure = ZoneCrashedError(self._zone.name, "the zone closed its connection")
+        except RemoteProtocolError as exc:
+            failure = ZoneReplyError(self._zone.name, f"protocol violation: {exc}")
+        except ZoneError as exc:
+            failure = exc
+        self._fail(failure)
+
+    def _route(self, message: Message) -> None:
+        reply_to = getattr(message, "reply_to", None)
+        if reply_to is not None and reply_to in self._pending:
+            self._pending[reply_to].set_result(message)  # type: ignore[arg-type]
+            return
+        if isinstance(message, ActionRequest | LLMRequest) and self._zone.accepts_requests:
+            task = asyncio.create_task(self._serve(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        raise ZoneReplyError(self._zone.name, f"unexpected {type(message).__name__} from this zone")
+
+    async def _serve(self, request: ZoneRequest) -> None:
+        reply = await self._zone.handle_request(request)
+        with contextlib.suppress(ConnectionError):
+            await self.send(reply)
+
+    def _fail(self, failure: ZoneError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(failure)
+        if not self.closed.done():
+            self.closed.set_result(failure)
+        self.close()
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._writer.close()
+
+
+class Zone:
+    """A supervised zone: started on demand, restarted with backoff after it dies."""
+
+    def __init__(
+        self,
+        spec: ZoneSpec,
+        backend: Backend,
+        settings: ZoneSettings,
+        on_request: RequestHandler | None = None,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.settings = settings
+        self._on_request = on_request
+        self._ids = itertools.count(1)
+        self._server: asyncio.AbstractServer | None = None
+        self._handle: ZoneHandle | None = None
+        self._conn: ZoneConnection | None = None
+        self._conn_task: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Future[ZoneConnection] | None = None
+        self._failures = 0
+        self._healthy = False  # False from the moment we kill it until a new hello
+        self.starts = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def accepts_requests(self) -> bool:
+        return self._on_request is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._handle.pid if self._handle else None
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def listen(self) -> None:
+        path = self.spec.socket_path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._accept, path=str(path))
+        path.chmod(0o600)
+
+    async def handle_request(self, request: ZoneRequest) -> Message:
+        assert self._on_request is not None  # _route checks accepts_requests first
+        return await self._on_request(self, request)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def ensure_running(self) -> None:
+        async with self._lock:
+            alive = self._handle is not None and self._handle.returncode is None
+            if self._healthy and alive and self._conn is not None and not self._conn.closed.done():
+                return
+            await self._reap()
+            if self._failures:
+                delays = self.settings.restart_backoff
+                await asyncio.sleep(delays[min(self._failures, len(delays)) - 1])
+            await self._start()
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._arrived = loop.create_future()
+        self.starts += 1
+        self._handle = await self.backend.start(self.spec)
+        try:
+            self._conn = await asyncio.wait_for(
+                asyncio.shield(self._arrived), self.settings.hello_timeout
+            )
+        except TimeoutError:
+            self._failures += 1
+            self._kill()
+            raise ZoneStartError(self.name, "no hello before the deadline") from None
+        except ZoneError as exc:
+            self._failures += 1
+            self._kill()
+            raise ZoneStartError(self.name, f"refused at start: {exc.detail}") from exc
+        finally:
+            self._arrived = None
+        self._conn_task = asyncio.create_task(self._conn.run())
+        self._healthy = True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived = self._arrived
+        if arrived is None or arrived.done() or self._handle is None:
+            writer.close()  # nobody is expected on this socket now
+            return
+        conn = ZoneConnection(self, reader, writer)
+        try:
+            self._check_peer(writer)
+            await self._greet(conn)
+        except (ThreezoneError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            conn.close()
+            if not arrived.done():
+                error = exc if isinstance(exc, ZoneError) else ZoneStartError(self.name, str(exc))
+                arrived.set_exception(error)
+            return
+        if not arrived.done():
+            arrived.set_result(conn)
+
+    def _check_peer(self, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        pid, uid, _gid = _PEERCRED.unpack(raw)
+        assert self._handle is not None
+        if not self.backend.peer_allowed(self._handle, pid, uid):
+            raise ZoneStartError(self.name, f"peer pid={pid} uid={uid} is not the zone we started")
+
+    async def _greet(self, conn: ZoneConnection) -> None:
+        hello = await conn.read_message()
+        if not isinstance(hello, Hello):
+            raise ZoneReplyError(self.name, f"expected hello, got {type(hello).__name__}")
+        if hello.zone != self.name or hello.role != self.spec.role:
+            raise ZoneReplyError(self.name, f"hello names {hello.zone}/{hello.role}")
+        await conn.send(Ready(zone=self.name))
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def request(
+        self, message: Message, request_id: int, timeout: float | None = None
+    ) -> Response:
+        """Send one request and await its reply, within the deadline.
+
+        A missed deadline kills the zone (it restarts on the next request); a dead
+        connection raises :class:`ZoneCrashedError`. Either way the caller quarantines.
+        """
+        conn, reply = await self._send(message, request_id)
+        try:
+            result = await asyncio.wait_for(reply, timeout or self.settings.request_timeout)
+        except TimeoutError:
+            self._failures += 1
+            self._kill()
+            raise ZoneTimeoutError(self.name, "no reply before the deadline; zone killed") from None
+        except ZoneError:
+            self._failures += 1
+            self._kill()
+            raise
+        finally:
+            conn.forget(request_id)
+        self._failures = 0
+        return result
+
+    async def _send(
+        self, message: Message, request_id: int
+    ) -> tuple[ZoneConnection, asyncio.Future[Response]]:
+        """Deliver a request, restarting a zone found dead *before* it saw the request.
+
+        A zone that died on the previous message may not have been noticed yet; that is
+        no fault of this message, so it gets one fresh zone instead of a quarantine.
+        """
+        for attempt in range(2):
+            await self.ensure_running()
+            assert self._conn is not None
+            conn = self._conn
+            reply = conn.expect(request_id)
+            try:
+                await conn.send(message)
+            except ConnectionError as exc:
+                conn.forget(request_id)
+                self._kill()
+                if attempt:
+                    raise ZoneCrashedError(self.name, f"cannot deliver the request: {exc}") from exc
+                continue
+            return conn, reply
+        raise AssertionError("unreachable")
+
+    def _kill(self) -> None:
+        self._healthy = False
+        if self._handle is not None:
+            self._handle.kill()
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _reap(self) -> None:
+        if self._conn_task is not None:
+            self._conn_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._conn_task
+        if self._handle is not None:
+            self._handle.kill()
+            await self._handle.wait()
+        self._conn, self._conn_task, self._handle = None, None, None
+
+    async def stop(self) -> None:
+        if self._conn is not None and not self._conn.closed.done():
+            with contextlib.suppress(ConnectionError):
+                await self._conn.send(Shutdown(id=self.next_id()))
+        if self._handle is not None:
+            await self._handle.stop()
+        await self._reap()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.spec.socket_path).unlink()

@@ -1,0 +1,361 @@
+"""The executor: fetch, store, sanitize, plan, decide; audit everything.
+
+One message's path (DESIGN.md section 3)::
+
+    source.fetch -> inbox.receive (durable) -> source.acknowledge
+      -> reader zone: SanitizeRequest -> SanitizeResult (validated) -> inbox: sanitized
+      -> planner zone: PlanRequest; its ActionRequests -> Decider -> ActionResult
+      -> inbox: planned -> done
+
+A zone that crashes, times out or answers wrongly gets the message quarantined with a
+typed error, in the inbox and the audit log; the next message proceeds. Every step
+checks the stored state first, so running :meth:`Executor.process` again after a
+crash resumes where the message was and never repeats an executed action.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from threezone.audit.log import AuditLog
+from threezone.backends.base import Backend, Role, ZoneSpec
+from threezone.config.load import LoadedConfig
+from threezone.connectors.maildir import MaildirSource
+from threezone.connectors.outbox import Outbox
+from threezone.errors import ZoneError, ZoneStartError
+from threezone.executor.actions import ActionSpec, email_actions
+from threezone.executor.broker import RequestHandler, Zone, ZoneRequest, ZoneSettings
+from threezone.executor.decide import Decider, DecisionRecord, EpisodeContext, to_wire
+from threezone.executor.inbox import Inbox, InboxItem, State
+from threezone.policy.evaluate import could_allow
+from threezone.policy.loader import load_policy_dir
+from threezone.policy.model import Policy
+from threezone.protocol.messages import (
+    ActionRequest,
+    Capability,
+    Episode,
+    Error,
+    Message,
+    PlanRequest,
+    PlanResult,
+    SanitizedMessage,
+    SanitizeRequest,
+    SanitizeResult,
+)
+
+log = logging.getLogger(__name__)
+
+READER_MODULE = "threezone.zones.reader_main"
+PLANNER_MODULE = "threezone.zones.planner_main"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one message, for reports (the demo prints these)."""
+
+    message_id: str
+    state: State
+    sanitized: SanitizedMessage | None = None
+    plan_summary: str | None = None
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    error_code: str | None = None
+    error_detail: str | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        backend: Backend,
+        zone_modules: Mapping[str, str] | None = None,
+    ) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.backend = backend
+        self.state_dir = loaded.resolve(cfg.executor.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.inbox = Inbox.open(self.state_dir / "inbox.sqlite3")
+        self.audit = AuditLog.open(self.state_dir / "audit.jsonl")
+        self.policy = self._load_policy()
+        email_cfg = cfg.channels.email
+        if email_cfg is None:
+            self.source: MaildirSource | None = None
+            actions: list[ActionSpec] = []
+        else:
+            self.source = MaildirSource(
+                loaded.resolve(email_cfg.maildir),
+                email_cfg.account,
+                email_cfg.authserv_id,
+                cfg.executor.max_raw_bytes,
+            )
+            self.outbox = Outbox(loaded.resolve(email_cfg.outbox), email_cfg.account)
+            actions = email_actions(self.outbox)
+        self.actions = {spec.name: spec for spec in actions}
+        self.decider = Decider(self.policy, loaded.lists, self.actions, self.inbox, self.audit)
+        self._episodes: dict[str, EpisodeContext] = {}
+        self._runtime = Path(tempfile.mkdtemp(prefix="threezone-run-"))  # mode 0700
+        modules = {"reader-email": READER_MODULE, "planner": PLANNER_MODULE, **(zone_modules or {})}
+        self.reader = self._zone("reader-email", "reader", modules["reader-email"], ())
+        self.planner = self._zone(
+            "planner",
+            "planner",
+            modules["planner"],
+            ("--planner", cfg.planner.kind),
+            self._on_zone_request,
+        )
+
+    def _load_policy(self) -> Policy:
+        directory = self.loaded.resolve(self.loaded.config.policy.dir)
+        policy = load_policy_dir(
+            directory, frozenset(self.loaded.config.lists), relative_to=self.loaded.base
+        )
+        if policy.error is not None:
+            log.error("policy failed to load; every action will be denied:\n%s", policy.error)
+            self.audit.append("policy_error", {"problems": [str(p) for p in policy.error.problems]})
+        return policy
+
+    def _zone(
+        self,
+        name: str,
+        role: Role,
+        module: str,
+        args: tuple[str, ...],
+        on_request: RequestHandler | None = None,
+    ) -> Zone:
+        cfg = self.loaded.config.executor
+        settings = ZoneSettings(
+            hello_timeout=cfg.hello_timeout,
+            request_timeout=cfg.request_timeout,
+            max_frame=cfg.max_frame_bytes,
+            max_frame_out=cfg.max_raw_bytes * 4 // 3 + 1024 * 1024,
+            restart_backoff=tuple(cfg.restart_backoff),
+        )
+        log_dir = self.state_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        spec = ZoneSpec(
+            name=name,
+            role=role,
+            module=module,
+            socket_path=self._runtime / name / "zone.sock",
+            args=(*args, "--max-frame", str(settings.max_frame_out)),
+            log_path=log_dir / f"{name}.log",
+        )
+        return Zone(spec, self.backend, settings, on_request)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for zone in (self.reader, self.planner):
+            await zone.listen()
+        self.audit.append("executor_started", {"backend": self.backend.name})
+
+    async def stop(self) -> None:
+        for zone in (self.reader, self.planner):
+            await zone.stop()
+        self.audit.append(
+            "executor_stopped", {"counts": {str(k): v for k, v in self.inbox.counts().items()}}
+        )
+        self.audit.close()
+        self.inbox.close()
+        shutil.rmtree(self._runtime, ignore_errors=True)
+
+    # --- fetching -----------------------------------------------------------------------------
+
+    def ingest(self) -> list[str]:
+        """Store every new message from the source, then acknowledge it there."""
+        if self.source is None:
+            return []
+        new: list[str] = []
+        for item in self.source.fetch():
+            message_id, fresh = self.inbox.receive(
+                "email", item.source_ref, item.untrusted_raw, item.trigger
+            )
+            if fresh:
+                new.append(message_id)
+                self.audit.append(
+                    "received",
+                    {
+                        "message": message_id,
+                        "bytes": len(item.untrusted_raw),
+                        "sender": item.trigger.sender,
+                    },
+                    durable=False,  # group commit: the next durable record syncs it
+                )
+                if item.oversized:
+                    self._quarantine(message_id, "input_too_large", "over executor.max_raw_bytes")
+            self.source.acknowledge(item.source_ref)
+        self.audit.sync()
+        return new
+
+    # --- processing ---------------------------------------------------------------------------
+
+    async def process_pending(self) -> list[Outcome]:
+        return [await self.process(message_id) for message_id in self.inbox.pending()]
+
+    async def process(self, message_id: str) -> Outcome:
+        item = self.inbox.get(message_id)
+        outcome = Outcome(message_id, item.state, item.sanitized)
+        if item.state is State.RECEIVED:
+            item = await self._sanitize(item)
+        if item.state is State.SANITIZED:
+            item = await self._plan(item, outcome)
+        if item.state is State.PLANNED:
+            self.inbox.mark_done(message_id)
+            self.audit.append("done", {"message": message_id})
+            item = self.inbox.get(message_id)
+        outcome.state, outcome.sanitized = item.state, item.sanitized
+        outcome.error_code, outcome.error_detail = item.error_code, item.error_detail
+        outcome.plan_summary = item.summary
+        return outcome
+
+    async def _sanitize(self, item: InboxItem) -> InboxItem:
+        request_id = self.reader.next_id()
+        request = SanitizeRequest(
+            id=request_id, channel="email", message_id=item.id, raw=self.inbox.raw(item.id)
+        )
+        reply = await self._ask(self.reader, request, request_id, item.id)
+        if reply is None:
+            return self.inbox.get(item.id)
+        if not isinstance(reply, SanitizeResult):
+            return self._wrong_reply(item.id, reply, "sanitized")
+        message = reply.message
+        if message.id != item.id or message.channel != item.channel:
+            return self._quarantine(item.id, "zone_bad_reply", "the result names another message")
+        self.inbox.mark_sanitized(item.id, message)
+        self.audit.append(
+            "sanitized",
+            {
+                "message": item.id,
+                "flagged": message.injection.flagged,
+                "score_pct": round(message.injection.score * 100),
+                "reasons": message.injection.reasons[:16],
+                "hidden_chars": message.dropped.hidden_chars,
+                "links": len(message.links),
+            },
+            durable=False,  # group commit: the next durable record syncs it
+        )
+        return self.inbox.get(item.id)
+
+    async def _plan(self, item: InboxItem, outcome: Outcome) -> InboxItem:
+        assert item.sanitized is not None  # state SANITIZED stores it
+        ctx = EpisodeContext(
+            episode_id=f"ep-{item.id}",
+            message_id=item.id,
+            trigger=msgspec.structs.replace(item.trigger, flagged=item.sanitized.injection.flagged),
+        )
+        episode = Episode(
+            episode_id=ctx.episode_id,
+            message=item.sanitized,
+            trigger=ctx.trigger,
+            capabilities=self._capabilities(),
+        )
+        request_id = self.planner.next_id()
+        self._episodes[ctx.episode_id] = ctx
+        try:
+            reply = await self._ask(
+                self.planner, PlanRequest(id=request_id, episode=episode), request_id, item.id
+            )
+        finally:
+            del self._episodes[ctx.episode_id]
+            outcome.decisions = ctx.decisions
+        if reply is None:
+            return self.inbox.get(item.id)
+        if not isinstance(reply, PlanResult):
+            return self._wrong_reply(item.id, reply, "plan_done")
+        self.inbox.mark_planned(item.id, reply.summary)
+        self.audit.append(
+            "episode",
+            {
+                "message": item.id,
+                "episode": ctx.episode_id,
+                "summary": reply.summary,
+                "steps": reply.steps,
+            },
+            durable=False,  # group commit: the next durable record syncs it
+        )
+        return self.inbox.get(item.id)
+
+    def _capabilities(self) -> list[Capability]:
+        """Only actions that some rule could allow are offered to the planner."""
+        return [
+            spec.capability()
+            for name, spec in self.actions.items()
+            if could_allow(self.policy, name)
+        ]
+
+    async def _ask(
+        self, zone: Zone, request: Message, request_id: int, message_id: str
+    ) -> Message | None:
+        """One zone request; on a zone failure the message is quarantined and None returned."""
+        try:
+            return await zone.request(request, request_id)
+        except ZoneStartError:
+            raise  # our environment's fault, not the message's: leave it pending
+        except ZoneError as exc:
+            log.warning("%s; quarantining %s", exc, message_id)
+            self._quarantine(message_id, exc.code, str(exc))
+            return None
+
+    def _wrong_reply(self, message_id: str, reply: Message, expected: str) -> InboxItem:
+        if isinstance(reply, Error):
+            return self._quarantine(message_id, reply.code, reply.detail)
+        return self._quarantine(
+            message_id, "zone_bad_reply", f"expected {expected}, got {type(reply).__name__}"
+        )
+
+    def _quarantine(self, message_id: str, code: str, detail: str) -> InboxItem:
+        self.inbox.quarantine(message_id, code, detail)
+        self.audit.append(
+            "quarantined", {"message": message_id, "code": code, "detail": detail[:500]}
+        )
+        return self.inbox.get(message_id)
+
+    # --- requests from the planner ------------------------------------------------------------
+
+    async def _on_zone_request(self, zone: Zone, request: ZoneRequest) -> Message:
+        if not isinstance(request, ActionRequest):
+            self.audit.append("llm_refused", {"episode": request.episode_id, "zone": zone.name})
+            return Error(
+                id=zone.next_id(),
+                reply_to=request.id,
+                code="llm_unavailable",
+                detail="no language-model provider is configured",
+            )
+        ctx = self._episodes.get(request.episode_id)
+        if ctx is None:
+            self.audit.append(
+                "refused",
+                {
+                    "zone": zone.name,
+                    "episode": request.episode_id,
+                    "reason": "no such open episode",
+                },
+            )
+            return Error(
+                id=zone.next_id(),
+                reply_to=request.id,
+                code="unknown_episode",
+                detail="no open episode with that id",
+            )
+        record = await self.decider.decide(ctx, request)
+        return to_wire(record, zone.next_id(), request.id)
+
+
+async def run_once(
+    loaded: LoadedConfig, backend: Backend, zone_modules: Mapping[str, str] | None = None
+) -> list[Outcome]:
+    """Start, fetch what is waiting, process every pending message, stop."""
+    executor = Executor(loaded, backend, zone_modules)
+    await executor.start()
+    try:
+        executor.ingest()
+        return await executor.process_pending()
+    finally:
+        await executor.stop()

@@ -1,0 +1,309 @@
+"""The durable inbox: every raw message is stored before anything else happens.
+
+States move forward only::
+
+    received -> sanitized -> planned -> done
+        \\            \\          \\
+         +------------+----------+--> quarantined   (with a typed error)
+
+``actions`` records every decided action under an idempotency key *before* it runs
+and marks it executed after, so a restart that replays an episode returns the stored
+result instead of acting twice.
+
+SQLite in WAL mode. Two writes must survive a power cut, and commit with
+``synchronous=FULL``: a receipt (the source is acknowledged right after it) and an
+action's decision (the action runs right after it). Every other step commits with
+``NORMAL``, which in WAL mode survives a crash of the process but may be lost with the
+machine's power; such a step is then simply redone, since each step is idempotent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import msgspec
+
+from threezone.errors import InboxError
+from threezone.protocol.messages import SanitizedMessage, Trigger
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id           TEXT PRIMARY KEY,
+    channel      TEXT NOT NULL,
+    source_ref   TEXT NOT NULL,
+    raw          BLOB NOT NULL,
+    trigger      BLOB NOT NULL,
+    state        TEXT NOT NULL,
+    sanitized    BLOB,
+    summary      TEXT,
+    error_code   TEXT,
+    error_detail TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    UNIQUE (channel, source_ref)
+);
+CREATE INDEX IF NOT EXISTS messages_state ON messages (state);
+CREATE TABLE IF NOT EXISTS actions (
+    key          TEXT PRIMARY KEY,
+    message_id   TEXT NOT NULL REFERENCES messages (id),
+    action       TEXT NOT NULL,
+    args         BLOB NOT NULL,
+    decision     TEXT NOT NULL,
+    rule         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    result       BLOB,
+    created_at   REAL NOT NULL,
+    executed_at  REAL
+);
+CREATE INDEX IF NOT EXISTS actions_rule ON actions (rule, executed_at);
+"""
+
+
+class State(StrEnum):
+    RECEIVED = "received"
+    SANITIZED = "sanitized"
+    PLANNED = "planned"
+    DONE = "done"
+    QUARANTINED = "quarantined"
+
+
+TERMINAL = frozenset({State.DONE, State.QUARANTINED})
+_NEXT = {
+    State.SANITIZED: State.RECEIVED,
+    State.PLANNED: State.SANITIZED,
+    State.DONE: State.PLANNED,
+}
+
+
+class ActionStatus(StrEnum):
+    DECIDED = "decided"  # recorded, not run (deny, ask) or about to run (allow)
+    EXECUTED = "executed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    id: str
+    channel: str
+    source_ref: str
+    state: State
+    trigger: Trigger
+    sanitized: SanitizedMessage | None
+    summary: str | None
+    error_code: str | None
+    error_detail: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    key: str
+    message_id: str
+    action: str
+    decision: str
+    rule: str
+    status: ActionStatus
+    result: dict[str, str]
+
+
+class Inbox:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Inbox:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InboxError(f"{path}: cannot open the inbox database: {exc}") from exc
+        return cls(db, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def receive(
+        self, channel: str, source_ref: str, untrusted_raw: bytes, trigger: Trigger
+    ) -> tuple[str, bool]:
+        """Store a raw message; ``(id, True)`` if new, ``(id, False)`` if seen before."""
+        message_id = f"{channel}:{source_ref}"
+        now = time.time()
+        with self._tx(durable=True) as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO messages (id, channel, source_ref, raw, trigger, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    channel,
+                    source_ref,
+                    untrusted_raw,
+                    msgspec.json.encode(trigger),
+                    State.RECEIVED,
+                    now,
+                    now,
+                ),
+            )
+        return message_id, cursor.rowcount == 1
+
+    def pending(self) -> list[str]:
+        """Ids of messages not yet done or quarantined, oldest first."""
+        rows = self._db.execute(
+            "SELECT id FROM messages WHERE state NOT IN (?, ?) ORDER BY rowid",
+            (State.DONE, State.QUARANTINED),
+        )
+        return [row[0] for row in rows]
+
+    def get(self, message_id: str) -> InboxItem:
+        row = self._db.execute(
+            "SELECT id, channel, source_ref, state, trigger, sanitized, summary, error_code,"
+            " error_detail, attempts FROM messages WHERE id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            raise InboxError(f"no message {message_id!r} in the inbox")
+        sanitized = msgspec.json.decode(row[5], type=SanitizedMessage) if row[5] else None
+        return InboxItem(
+            id=row[0],
+            channel=row[1],
+            source_ref=row[2],
+            state=State(row[3]),
+            trigger=msgspec.json.decode(row[4], type=Trigger),
+            sanitized=sanitized,
+            summary=row[6],
+            error_code=row[7],
+            error_detail=row[8],
+            attempts=row[9],
+        )
+
+    def raw(self, message_id: str) -> bytes:
+        row = self._db.execute("SELECT raw FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise InboxError(f"no message {message_id!r} in the inbox")
+        return bytes(row[0])
+
+    def count_attempt(self, message_id: str) -> int:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (time.time(), message_id),
+            )
+            row = db.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return int(row[0])
+
+    def mark_sanitized(self, message_id: str, message: SanitizedMessage) -> None:
+        self._advance(message_id, State.SANITIZED, "sanitized", msgspec.json.encode(message))
+
+    def mark_planned(self, message_id: str, summary: str) -> None:
+        self._advance(message_id, State.PLANNED, "summary", summary)
+
+    def mark_done(self, message_id: str) -> None:
+        self._advance(message_id, State.DONE, None, None)
+
+    def _advance(self, message_id: str, to: State, column: str | None, value: object) -> None:
+        sets = "state = ?, updated_at = ?" + (f", {column} = ?" if column else "")
+        params: list[object] = [to, time.time()] + ([value] if column else [])
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE messages SET {sets} WHERE id = ? AND state = ?",  # noqa: S608 - column names are ours
+                (*params, message_id, _NEXT[to]),
+            )
+        if cursor.rowcount != 1:
+            state = self.get(message_id).state
+            raise InboxError(f"message {message_id!r} is {state}, cannot move to {to}")
+
+    def quarantine(self, message_id: str, code: str, detail: str) -> None:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE messages SET state = ?, error_code = ?, error_detail = ?, updated_at = ?"
+                " WHERE id = ? AND state NOT IN (?, ?)",
+                (
+                    State.QUARANTINED,
+                    code,
+                    detail,
+                    time.time(),
+                    message_id,
+                    State.DONE,
+                    State.QUARANTINED,
+                ),
+            )
+        if cursor.rowcount != 1:
+            raise InboxError(f"message {message_id!r} cannot be quarantined (missing or finished)")
+
+    def counts(self) -> dict[State, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        found = {State(state): count for state, count in rows}
+        return {state: found.get(state, 0) for state in State}
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def action(self, key: str) -> ActionRecord | None:
+        row = self._db.execute(
+            "SELECT key, message_id, action, decision, rule, status, result FROM actions"
+            " WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        result = msgspec.json.decode(row[6], type=dict[str, str]) if row[6] else {}
+        return ActionRecord(row[0], row[1], row[2], row[3], row[4], ActionStatus(row[5]), result)
+
+    def record_decision(
+        self, key: str, message_id: str, *, action: str, args: bytes, decision: str, rule: str
+    ) -> None:
+        with self._tx(durable=True) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO actions (key, message_id, action, args, decision, rule,"
+                " status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, message_id, action, args, decision, rule, ActionStatus.DECIDED, time.time()),
+            )
+
+    def record_outcome(self, key: str, status: ActionStatus, result: dict[str, str]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE actions SET status = ?, result = ?, executed_at = ? WHERE key = ?",
+                (status, msgspec.json.encode(result), time.time(), key),
+            )
+
+    def executed_since(self, rule: str, since: float) -> int:
+        """How many actions admitted by ``rule`` ran since ``since`` (for rate budgets)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM actions WHERE rule = ? AND status = ? AND executed_at >= ?",
+            (rule, ActionStatus.EXECUTED, since),
+        ).fetchone()
+        return int(row[0])
+
+    def actions_for(self, message_id: str) -> list[ActionRecord]:
+        keys = self._db.execute(
+            "SELECT key FROM actions WHERE message_id = ? ORDER BY rowid", (message_id,)
+        )
+        return [record for (key,) in keys.fetchall() if (record := self.action(key)) is not None]

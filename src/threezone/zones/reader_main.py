@@ -1,0 +1,33 @@
+"""Entry point of a reader zone: untrusted raw bytes in, a SanitizedMessage out.
+
+Runs inside the zone (no network, no credentials). Imports readers and the protocol,
+nothing from the executor.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from threezone.protocol.messages import Message, SanitizeRequest, SanitizeResult
+from threezone.readers.email import read_email
+from threezone.zones.client import ZoneClient, parse_args
+from threezone.zones.serve import serve
+
+
+def handle(client: ZoneClient, message: Message) -> Message | None:
+    if not isinstance(message, SanitizeRequest):
+        client.error(getattr(message, "id", None), "unexpected_message", type(message).__name__)
+        return None
+    if message.channel != "email":
+        client.error(message.id, "unsupported_channel", f"no reader for {message.channel} yet")
+        return None
+    sanitized = read_email(message.raw, message.message_id)
+    return SanitizeResult(id=client.next_id(), reply_to=message.id, message=sanitized)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(parse_args("reader", argv), handle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
