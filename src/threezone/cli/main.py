@@ -1,0 +1,104 @@
+"""The ``threezone`` command. The only code that prints to the terminal or picks exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+from rich.console import Console
+
+from threezone.errors import AuditChainBroken, ThreezoneError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the audit log.")
+app.add_typer(audit_app, name="audit")
+
+console = Console()
+errors = Console(stderr=True)
+
+DEFAULT_AUDIT = Path("state/audit.jsonl")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _fail(exc: ThreezoneError, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the workspace in this folder for inspection.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Play the motivating scenario: three emails, one hijacked planner, one policy."""
+    from threezone.cli.demo_report import print_demo
+
+    _logging(verbose)
+    workspace = keep or Path(tempfile.mkdtemp(prefix="threezone-demo-"))
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise _fail(ThreezoneError(f"{keep} is not empty; choose a new folder for --keep"))
+    try:
+        ok = asyncio.run(print_demo(console, workspace))
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    finally:
+        if keep is None:
+            shutil.rmtree(workspace, ignore_errors=True)
+        else:
+            console.print(f"\nWorkspace kept in [bold]{keep}[/]")
+    raise typer.Exit(0 if ok else 1)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="The audit log.")] = DEFAULT_AUDIT,
+) -> None:
+    """Verify the hash chain; report the first edited, deleted or reordered record."""
+    from threezone.audit.log import verify_file
+
+    try:
+        report = verify_file(path)
+    except AuditChainBroken as exc:
+        raise _fail(exc, 1) from exc
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{path}: OK, {report.records} records, head {report.head.hash[:16]}")
+
+
+@audit_app.command("tail")
+def audit_tail(
+    path: Annotated[Path, typer.Argument(help="The audit log.")] = DEFAULT_AUDIT,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=1)] = 20,
+) -> None:
+    """Show the last records (not verified: run `audit verify` for that)."""
+    from threezone.audit.log import tail
+
+    try:
+        records = tail(path, lines)
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    for record in records:
+        data = msgspec.json.encode(record.get("data", {})).decode()
+        console.print(
+            f"[dim]{record.get('seq')} {record.get('ts')}[/] [bold]{record.get('kind')}[/] {data}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+if __name__ == "__main__":
+    app()
