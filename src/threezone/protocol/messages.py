@@ -123,6 +123,20 @@ class ChatMessage(_Frozen, frozen=True):
     content: Body
 
 
+class Probe(_Frozen, frozen=True):
+    """One isolation check a zone ran on itself: ``blocked`` is True when the escape failed."""
+
+    name: Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9_]+$")]
+    blocked: bool
+    detail: Line
+
+
+class IsolationReport(_Frozen, frozen=True):
+    """What a zone verified about its own isolation before it said hello."""
+
+    probes: Annotated[list[Probe], Meta(max_length=64)]
+
+
 # --- the wire union ---------------------------------------------------------------------------
 
 
@@ -137,6 +151,7 @@ class Hello(_Message, frozen=True, tag="hello"):
     role: Role
     pid: Count
     version: Short
+    isolation: IsolationReport | None = None
 
 
 class Ready(_Message, frozen=True, tag="ready"):
