@@ -9,6 +9,10 @@ if ! "${PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null; then
   needed+=(python3-venv)
 fi
 
+# The sandbox backend: bubblewrap, and libseccomp (pyseccomp loads it with ctypes).
+command -v bwrap >/dev/null || needed+=(bubblewrap)
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || needed+=(libseccomp2)
+
 [ ${#needed[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -19,7 +19,7 @@ def test_demo_config_parses() -> None:
 
 def test_empty_config_gets_defaults() -> None:
     config = parse_config("")
-    assert config.executor.backend == "unsafe-process"
+    assert config.executor.backend == "sandbox"
     assert config.channels.email is None
 
 

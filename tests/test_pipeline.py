@@ -1,7 +1,7 @@
 """End to end: real zone processes over real Unix sockets, the demo's outcome, faults.
 
-These run the executor with the ``unsafe-process`` backend (the sandbox backend is a
-later issue); what is under test is the pipeline, the protocol and the policy.
+These run the executor with the backend its config names: ``sandbox``, the default, so
+every zone here is a bubblewrap sandbox that passed its isolation self-check.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def demo_workspace(tmp_path: Path) -> LoadedConfig:
 
 def run(loaded: LoadedConfig, **modules: str) -> list[Outcome]:
     zone_modules = {name.replace("_", "-"): module for name, module in modules.items()}
-    return asyncio.run(run_once(loaded, get_backend("unsafe-process"), zone_modules))
+    return asyncio.run(run_once(loaded, get_backend(loaded.config.executor.backend), zone_modules))
 
 
 def by_name(outcomes: list[Outcome]) -> dict[str, Outcome]:
@@ -274,7 +274,7 @@ def test_an_unexpected_connection_is_closed_and_the_zone_keeps_working(tmp_path:
     loaded = demo_workspace(tmp_path)
 
     async def scenario() -> list[Outcome]:
-        executor = Executor(loaded, get_backend("unsafe-process"))
+        executor = Executor(loaded, get_backend(loaded.config.executor.backend))
         await executor.start()
         try:
             executor.ingest()

@@ -21,7 +21,7 @@ CONFIG = f"""\
 # threezone demo configuration (written by `threezone demo`).
 [executor]
 state_dir = "state"
-backend = "unsafe-process"
+backend = "sandbox"
 request_timeout = 30.0
 
 [policy]

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import BinaryIO, ClassVar, Literal
 
 from threezone.errors import BackendError, ZoneStartError
 
@@ -44,18 +45,28 @@ class ZoneSpec:
     args: tuple[str, ...] = ()
     log_path: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    inherit_stdio: bool = False  # `sandbox run`: the command talks to this terminal
 
-    def argv(self, python: str = sys.executable) -> list[str]:
+    def stdio(self) -> tuple[int | None, int | None, int | BinaryIO | None]:
+        """(stdin, stdout, stderr) for the zone process; the caller closes a file it gets."""
+        if self.inherit_stdio:
+            return None, None, None
+        stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        return subprocess.DEVNULL, subprocess.DEVNULL, stderr
+
+    def argv(
+        self, python: str = sys.executable, socket: str | None = None, extra: tuple[str, ...] = ()
+    ) -> list[str]:
+        """The zone's command line; ``socket`` is its socket's path as the zone sees it."""
+        zone = ["--zone", self.name, "--role", self.role]
         return [
             python,
             "-m",
             self.module,
-            "--zone",
-            self.name,
-            "--role",
-            self.role,
+            *zone,
             "--socket",
-            str(self.socket_path),
+            socket or str(self.socket_path),
+            *extra,
             *self.args,
         ]
 
@@ -119,6 +130,18 @@ class Backend(abc.ABC):
     """An isolation backend. Subclasses implement ``_start`` and ``peer_allowed``."""
 
     name: ClassVar[str]
+    # Whether zones started here must pass every isolation probe before they are trusted.
+    promises_isolation: ClassVar[bool] = False
+
+    def check(self) -> None:  # noqa: B027 - an optional hook: most backends run anywhere
+        """Raise :class:`BackendError`, naming the fix, if zones cannot start here."""
+
+    def prepare(self, spec: ZoneSpec) -> None:  # noqa: B027 - an optional hook
+        """Adjust the zone's socket (owner, mode) after the executor created it."""
+
+    def socket_arg(self, spec: ZoneSpec) -> str:
+        """The zone's socket path as the zone will see it."""
+        return str(spec.socket_path)
 
     async def start(self, spec: ZoneSpec) -> ZoneHandle:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 from typing import ClassVar
 
 from threezone.backends.base import Backend, ProcessHandle, ZoneHandle, ZoneSpec
@@ -28,18 +27,18 @@ class UnsafeProcessBackend(Backend):
 
     async def _start(self, spec: ZoneSpec) -> ZoneHandle:
         log.warning(WARNING, spec.name)
-        stderr = open(spec.log_path, "ab") if spec.log_path else subprocess.DEVNULL  # noqa: SIM115
+        stdin, stdout, stderr = spec.stdio()
         try:
             process = await asyncio.create_subprocess_exec(
                 *spec.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdin=stdin,
+                stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,  # its own process group, so kill() takes the tree
                 env=_zone_environment(),
             )
         finally:
-            if not isinstance(stderr, int):
+            if stderr is not None and not isinstance(stderr, int):
                 stderr.close()
         return ProcessHandle(process)
 

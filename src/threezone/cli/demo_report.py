@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -81,6 +82,11 @@ def _message_panel(outcome: Outcome, workspace: Path) -> Panel:
     return Panel(table, title=f"{title}", subtitle=f"from {sender} (as the mail claims)")
 
 
+def _zone_starts(audit_path: Path) -> list[dict[str, object]]:
+    records = (msgspec.json.decode(line) for line in audit_path.read_bytes().splitlines())
+    return [r["data"] for r in records if r.get("kind") == "zone_started"]
+
+
 def _summary(console: Console, workspace: Path, outcomes: list[Outcome]) -> bool:
     leaked = [
         record
@@ -97,6 +103,11 @@ def _summary(console: Console, workspace: Path, outcomes: list[Outcome]) -> bool
         audit_line, audit_ok = f"[red]BROKEN[/]: {exc}", False
     sent = sorted((workspace / "outbox").rglob("*.eml"))
     console.print(f"\nAudit log {audit_path.name}: {audit_line}")
+    for zone in _zone_starts(audit_path):
+        console.print(
+            f"Zone {zone['zone']} ran under [bold]{zone['backend']}[/]: "
+            f"{zone['probes_held']} of {zone['probes']} isolation probes held"
+        )
     console.print(f"Outbox: {len(sent)} message(s) written locally, nothing sent over a network")
     if leaked:
         console.print(f"[bold red]FAILURE: {len(leaked)} attacker action(s) executed[/]")

@@ -18,6 +18,8 @@ from threezone.errors import AuditChainBroken, ThreezoneError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the audit log.")
 app.add_typer(audit_app, name="audit")
+sandbox_app = typer.Typer(no_args_is_help=True, help="Use a zone's isolation directly.")
+app.add_typer(sandbox_app, name="sandbox")
 
 console = Console()
 errors = Console(stderr=True)
@@ -98,6 +100,45 @@ def audit_tail(
             highlight=False,
             soft_wrap=True,
         )
+
+
+@app.command()
+def doctor(
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Only this backend (repeatable).")
+    ] = None,
+) -> None:
+    """Start a zone of each role under each backend; show what isolation held inside it."""
+    from threezone.cli.doctor_report import print_doctor
+
+    ok = asyncio.run(print_doctor(console, backend))
+    raise typer.Exit(0 if ok else 1)
+
+
+@sandbox_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def sandbox_run(
+    ctx: typer.Context,
+    backend: Annotated[str, typer.Option(help="Isolation backend.")] = "sandbox",
+    role: Annotated[str, typer.Option(help="Zone role: reader or planner.")] = "reader",
+) -> None:
+    """Run `-- CMD ARGS...` under exactly the isolation a zone of that role gets."""
+    from threezone.backends import get_backend
+    from threezone.backends.commands import run_in_zone
+
+    command = list(ctx.args)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command or role not in ("reader", "planner"):
+        raise _fail(
+            ThreezoneError("usage: threezone sandbox run [--role reader|planner] -- CMD ...")
+        )
+    try:
+        code = asyncio.run(run_in_zone(get_backend(backend), role, command))  # type: ignore[arg-type]
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from msgspec import Meta
 
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 Bytes = Annotated[int, Meta(ge=1024, le=256 * 1024 * 1024)]
-BackendName = Literal["unsafe-process"]  # "sandbox" arrives with the sandbox backend
+BackendName = Literal["sandbox", "unsafe-process"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -22,7 +22,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class ExecutorConfig(_Section, frozen=True):
     state_dir: str = "state"
-    backend: BackendName = "unsafe-process"
+    backend: BackendName = "sandbox"
     hello_timeout: Seconds = 10.0
     request_timeout: Seconds = 30.0
     max_frame_bytes: Bytes = 4 * 1024 * 1024

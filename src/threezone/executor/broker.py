@@ -37,6 +37,7 @@ from threezone.protocol.framing import HEADER_SIZE, body_length, decode_body, en
 from threezone.protocol.messages import (
     ActionRequest,
     Hello,
+    IsolationReport,
     LLMRequest,
     Message,
     Ready,
@@ -156,6 +157,8 @@ class Zone:
         self._conn: ZoneConnection | None = None
         self._conn_task: asyncio.Task[None] | None = None
         self._arrived: asyncio.Future[ZoneConnection] | None = None
+        self.isolation: IsolationReport | None = None
+        self.on_started: Callable[[Zone], None] | None = None
         self._failures = 0
         self._healthy = False  # False from the moment we kill it until a new hello
         self.starts = 0
@@ -183,6 +186,7 @@ class Zone:
             path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(path))
         path.chmod(0o600)
+        self.backend.prepare(self.spec)
 
     async def handle_request(self, request: ZoneRequest) -> Message:
         assert self._on_request is not None  # _route checks accepts_requests first
@@ -222,6 +226,8 @@ class Zone:
             self._arrived = None
         self._conn_task = asyncio.create_task(self._conn.run())
         self._healthy = True
+        if self.on_started is not None:
+            self.on_started(self)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         arrived = self._arrived
@@ -255,7 +261,19 @@ class Zone:
             raise ZoneReplyError(self.name, f"expected hello, got {type(hello).__name__}")
         if hello.zone != self.name or hello.role != self.spec.role:
             raise ZoneReplyError(self.name, f"hello names {hello.zone}/{hello.role}")
+        self.isolation = hello.isolation  # kept even when refused: doctor shows it
+        self._check_isolation(hello.isolation)
         await conn.send(Ready(zone=self.name))
+
+    def _check_isolation(self, report: IsolationReport | None) -> None:
+        """A backend that promises isolation gets a zone only if every probe held."""
+        if not self.backend.promises_isolation:
+            return
+        if report is None or not report.probes:
+            raise ZoneStartError(self.name, "the zone sent no isolation report")
+        failed = [f"{p.name} ({p.detail})" for p in report.probes if not p.blocked]
+        if failed:
+            raise ZoneStartError(self.name, "isolation check failed: " + "; ".join(failed))
 
     # --- requests -----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
@@ -33,6 +33,7 @@ from threezone.errors import ZoneError, ZoneStartError
 from threezone.executor.actions import ActionSpec, email_actions
 from threezone.executor.broker import RequestHandler, Zone, ZoneRequest, ZoneSettings
 from threezone.executor.decide import Decider, DecisionRecord, EpisodeContext, to_wire
+from threezone.executor.decoys import Decoys
 from threezone.executor.inbox import Inbox, InboxItem, State
 from threezone.policy.evaluate import could_allow
 from threezone.policy.loader import load_policy_dir
@@ -101,15 +102,13 @@ class Executor:
         self.decider = Decider(self.policy, loaded.lists, self.actions, self.inbox, self.audit)
         self._episodes: dict[str, EpisodeContext] = {}
         self._runtime = Path(tempfile.mkdtemp(prefix="threezone-run-"))  # mode 0700
-        modules = {"reader-email": READER_MODULE, "planner": PLANNER_MODULE, **(zone_modules or {})}
-        self.reader = self._zone("reader-email", "reader", modules["reader-email"], ())
-        self.planner = self._zone(
-            "planner",
-            "planner",
-            modules["planner"],
-            ("--planner", cfg.planner.kind),
-            self._on_zone_request,
-        )
+        self._modules = {
+            "reader-email": READER_MODULE,
+            "planner": PLANNER_MODULE,
+            **(zone_modules or {}),
+        }
+        self.decoys = Decoys(self.state_dir, self._alarm)
+        self.zones: list[Zone] = []
 
     def _load_policy(self) -> Policy:
         directory = self.loaded.resolve(self.loaded.config.policy.dir)
@@ -125,7 +124,6 @@ class Executor:
         self,
         name: str,
         role: Role,
-        module: str,
         args: tuple[str, ...],
         on_request: RequestHandler | None = None,
     ) -> Zone:
@@ -142,23 +140,56 @@ class Executor:
         spec = ZoneSpec(
             name=name,
             role=role,
-            module=module,
+            module=self._modules[name],
             socket_path=self._runtime / name / "zone.sock",
             args=(*args, "--max-frame", str(settings.max_frame_out)),
             log_path=log_dir / f"{name}.log",
         )
-        return Zone(spec, self.backend, settings, on_request)
+        inside = str(Path(self.backend.socket_arg(spec)).parent)
+        spec = replace(spec, args=(*spec.args, *self.decoys.args(spec, inside)))
+        zone = Zone(spec, self.backend, settings, on_request)
+        zone.on_started = self._zone_started
+        return zone
+
+    def _zone_started(self, zone: Zone) -> None:
+        probes = zone.isolation.probes if zone.isolation else []
+        held = [p.name for p in probes if p.blocked]
+        self.audit.append(
+            "zone_started",
+            {
+                "zone": zone.name,
+                "backend": self.backend.name,
+                "pid": zone.pid or 0,
+                "start": zone.starts,
+                "probes_held": len(held),
+                "probes": len(probes),
+                "not_held": [p.name for p in probes if not p.blocked],
+            },
+            durable=False,
+        )
+
+    def _alarm(self, what: str) -> None:
+        log.error("ALERT: %s", what)
+        self.audit.append("alert", {"what": what})
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for zone in (self.reader, self.planner):
+        """Check the backend, lay the decoys, open one socket per zone."""
+        self.backend.check()
+        await self.decoys.start()
+        self.reader = self._zone("reader-email", "reader", ())
+        kind = self.loaded.config.planner.kind
+        self.planner = self._zone("planner", "planner", ("--planner", kind), self._on_zone_request)
+        self.zones = [self.reader, self.planner]
+        for zone in self.zones:
             await zone.listen()
         self.audit.append("executor_started", {"backend": self.backend.name})
 
     async def stop(self) -> None:
-        for zone in (self.reader, self.planner):
+        for zone in self.zones:
             await zone.stop()
+        await self.decoys.close()
         self.audit.append(
             "executor_stopped", {"counts": {str(k): v for k, v in self.inbox.counts().items()}}
         )

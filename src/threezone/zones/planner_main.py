@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args("planner", argv)
     chooser = argparse.ArgumentParser(prog="planner zone")
     chooser.add_argument("--planner", choices=sorted(PLANNERS), default=HijackedPlanner.name)
-    kind = chooser.parse_args(list(args.extra)).planner
+    kind = chooser.parse_known_args(list(args.extra))[0].planner
     return serve(args, make_handler(PLANNERS[kind]()))
 
 
