@@ -43,7 +43,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def pipeline(workspace: Path, count: int) -> list[float]:
+async def pipeline(workspace: Path, count: int, backend: str) -> list[float]:
     config = build_workspace(workspace)
     (workspace / "policy.d" / "10-demo.policy").write_text(
         "email.reply  to=@contacts trigger.sender=@contacts  allow\n*  *  deny\n"
@@ -54,7 +54,7 @@ async def pipeline(workspace: Path, count: int) -> list[float]:
     for index in range(count):
         (new / f"{index:06}").write_bytes(benign(index))
     loaded = load_config(config)
-    executor = Executor(loaded, get_backend(loaded.config.executor.backend))
+    executor = Executor(loaded, get_backend(backend))
     await executor.start()
     try:
         executor.ingest()
@@ -82,9 +82,9 @@ def reader_only(count: int) -> list[float]:
     return timings
 
 
-def measure(count: int = 1000) -> dict[str, float]:
+def measure(count: int = 1000, backend: str = "sandbox") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        total = asyncio.run(pipeline(Path(tmp) / "ws", count + 1))
+        total = asyncio.run(pipeline(Path(tmp) / "ws", count + 1, backend))
     reader = reader_only(count)
     return {
         "messages": len(total),
@@ -98,13 +98,14 @@ def measure(count: int = 1000) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--backend", choices=["sandbox", "unsafe-process"], default="sandbox")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = measure(args.messages)
+    result = measure(args.messages, args.backend)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['messages']:.0f} messages, persistent zones, hijacked planner, unsafe-process")
+    print(f"{result['messages']:.0f} messages, persistent zones, hijacked planner, {args.backend}")
     print(f"per message: p50 {result['p50_ms']:.2f} ms, p95 {result['p95_ms']:.2f} ms")
     print(f"reader work in-process: p50 {result['reader_p50_ms']:.2f} ms")
     print(f"executor + zone hops (p50 difference): {result['overhead_p50_ms']:.2f} ms")

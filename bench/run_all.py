@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit_append
 import pipeline_overhead
 import protocol_codec
+import zones
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,7 +39,11 @@ def main() -> None:
     runs: dict[str, Callable[[], dict[str, float]]] = {
         "protocol_codec": lambda: protocol_codec.measure(2_000 if args.quick else 20_000),
         "audit_append": lambda: audit_append.measure(200 if args.quick else 2_000),
-        "pipeline_overhead": lambda: pipeline_overhead.measure(100 if args.quick else 1_000),
+        "pipeline_sandbox": lambda: pipeline_overhead.measure(100 if args.quick else 1_000),
+        "pipeline_unsafe": lambda: pipeline_overhead.measure(
+            100 if args.quick else 1_000, "unsafe-process"
+        ),
+        "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
     }
     results: dict[str, object] = {"machine": machine()}
     for name, run in runs.items():

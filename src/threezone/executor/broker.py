@@ -158,6 +158,7 @@ class Zone:
         self._conn_task: asyncio.Task[None] | None = None
         self._arrived: asyncio.Future[ZoneConnection] | None = None
         self.isolation: IsolationReport | None = None
+        self.peer_pid: int | None = None
         self.on_started: Callable[[Zone], None] | None = None
         self._failures = 0
         self._healthy = False  # False from the moment we kill it until a new hello
@@ -252,6 +253,7 @@ class Zone:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         pid, uid, _gid = _PEERCRED.unpack(raw)
         assert self._handle is not None
+        self.peer_pid = pid  # the zone's own process, as the host sees it
         if not self.backend.peer_allowed(self._handle, pid, uid):
             raise ZoneStartError(self.name, f"peer pid={pid} uid={uid} is not the zone we started")
 
