@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from threezone.backends.sandbox import runtime_binds
 from threezone.errors import RemoteProtocolError
 from threezone.protocol.messages import IsolationReport, Probe
 from threezone.zones.client import parse_args
@@ -296,6 +297,7 @@ def run_in_bwrap(
     argv = [
         BWRAP, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
         "--tmpfs", "/tmp", "--ro-bind", str(state_dir), str(state_dir),
+        *_runtime_back(),
         "--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", *(hardening or []),
         sys.executable, "-c", ZONE_SCRIPT, *probe_args(targets),
     ]
@@ -305,6 +307,14 @@ def run_in_bwrap(
         pytest.skip(f"bubblewrap cannot sandbox here: {done.stderr.decode().strip()}")
     assert done.returncode == 0, done.stderr.decode()
     return msgspec.json.decode(done.stdout, type=SandboxRun)
+
+
+def _runtime_back() -> list[str]:
+    """The tmpfs on /tmp hides a checkout or venv that lives there (CI clones): bind back."""
+    args: list[str] = []
+    for bind in runtime_binds():
+        args += ["--ro-bind", str(bind.source), bind.dest]
+    return args
 
 
 def _unix_sockets_only_filter() -> bytes:
