@@ -26,13 +26,7 @@ from threezone.executor.broker import Zone, ZoneSettings
 from threezone.executor.decoys import Decoys
 from threezone.protocol.messages import SanitizeRequest
 
-SETTINGS = ZoneSettings(
-    hello_timeout=30.0,
-    request_timeout=30.0,
-    max_frame=1 << 22,
-    max_frame_out=1 << 22,
-    restart_backoff=(0.1,),
-)
+SETTINGS = ZoneSettings(hello_timeout=30.0, restart_backoff=(0.1,))
 TINY = b"From: a@b.example\r\nSubject: hi\r\n\r\nhello\r\n"
 
 

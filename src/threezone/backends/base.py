@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from threezone.errors import BackendError, ZoneStartError
 
@@ -47,12 +47,26 @@ class ZoneSpec:
     limits: Limits = field(default_factory=Limits)
     inherit_stdio: bool = False  # `sandbox run`: the command talks to this terminal
 
-    def stdio(self) -> tuple[int | None, int | None, int | BinaryIO | None]:
-        """(stdin, stdout, stderr) for the zone process; the caller closes a file it gets."""
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], **options: Any
+    ) -> asyncio.subprocess.Process:
+        """Start ``argv`` as this zone's process: its own session (so a kill takes the
+        tree), stdin/stdout closed, stderr to the zone's log (or this terminal's stdio
+        for ``sandbox run``). ``options`` go to the subprocess (fds, preexec_fn)."""
         if self.inherit_stdio:
-            return None, None, None
-        stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        return subprocess.DEVNULL, subprocess.DEVNULL, stderr
+            return await asyncio.create_subprocess_exec(
+                *argv, start_new_session=True, env=env, **options
+            )
+        with open(self.log_path or os.devnull, "ab") as stderr:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                env=env,
+                **options,
+            )
 
     def argv(
         self, python: str = sys.executable, socket: str | None = None, extra: tuple[str, ...] = ()

@@ -170,22 +170,15 @@ class SandboxBackend(Backend):
         argv = bwrap_argv(
             self.bwrap, spec, binds, uid=uid, seccomp_fd=seccomp_fd, socket=self.socket_arg(spec)
         )
-        stdin, stdout, stderr = spec.stdio()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
+            process = await spec.spawn(
+                argv,
+                {"PATH": "/usr/bin:/bin"},
                 pass_fds=(seccomp_fd,),
-                start_new_session=True,
-                env={"PATH": "/usr/bin:/bin"},
                 preexec_fn=self._launcher(binds, uid, spec.limits, group),
             )
         finally:
             os.close(seccomp_fd)
-            if stderr is not None and not isinstance(stderr, int):
-                stderr.close()
         return SandboxHandle(process, spec.name, group)
 
     def _launcher(

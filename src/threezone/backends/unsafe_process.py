@@ -7,7 +7,6 @@ protocol and the pipeline; its name says so, and it warns every time it starts a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import ClassVar
@@ -27,20 +26,7 @@ class UnsafeProcessBackend(Backend):
 
     async def _start(self, spec: ZoneSpec) -> ZoneHandle:
         log.warning(WARNING, spec.name)
-        stdin, stdout, stderr = spec.stdio()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *spec.argv(),
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,  # its own process group, so kill() takes the tree
-                env=_zone_environment(),
-            )
-        finally:
-            if stderr is not None and not isinstance(stderr, int):
-                stderr.close()
-        return ProcessHandle(process)
+        return ProcessHandle(await spec.spawn(spec.argv(), _zone_environment()))
 
     def peer_allowed(self, handle: ZoneHandle, pid: int, uid: int) -> bool:
         return pid == handle.pid and uid == os.getuid()

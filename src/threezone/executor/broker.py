@@ -33,7 +33,13 @@ from threezone.errors import (
     ZoneStartError,
     ZoneTimeoutError,
 )
-from threezone.protocol.framing import HEADER_SIZE, body_length, decode_body, encode_frame
+from threezone.protocol.framing import (
+    DEFAULT_MAX_FRAME,
+    HEADER_SIZE,
+    body_length,
+    decode_body,
+    encode_frame,
+)
 from threezone.protocol.messages import (
     ActionRequest,
     Hello,
@@ -54,11 +60,11 @@ _PEERCRED = struct.Struct("3i")
 
 @dataclass(frozen=True, slots=True)
 class ZoneSettings:
-    hello_timeout: float
-    request_timeout: float
-    max_frame: int  # what a zone may send us
-    max_frame_out: int  # what we may send a zone (raw messages are larger)
-    restart_backoff: tuple[float, ...]
+    hello_timeout: float = 20.0
+    request_timeout: float = 30.0
+    max_frame: int = DEFAULT_MAX_FRAME  # what a zone may send us
+    max_frame_out: int = DEFAULT_MAX_FRAME  # what we may send a zone (raw mail is larger)
+    restart_backoff: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
 
 
 class ZoneConnection:

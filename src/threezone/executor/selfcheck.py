@@ -22,13 +22,7 @@ MODULES: dict[Role, str] = {
     "reader": "threezone.zones.reader_main",
     "planner": "threezone.zones.planner_main",
 }
-SETTINGS = ZoneSettings(
-    hello_timeout=20.0,
-    request_timeout=20.0,
-    max_frame=1 << 22,
-    max_frame_out=1 << 22,
-    restart_backoff=(0.1,),
-)
+SETTINGS = ZoneSettings(restart_backoff=(0.1,))
 
 
 @dataclass(slots=True)

@@ -136,13 +136,7 @@ class BackendConformance:
             log_path=workdir / "zone.log",
             limits=LIMITS,
         )
-        settings = ZoneSettings(
-            hello_timeout=20.0,
-            request_timeout=timeout,
-            max_frame=1 << 22,
-            max_frame_out=1 << 22,
-            restart_backoff=(0.05,),
-        )
+        settings = ZoneSettings(request_timeout=timeout, restart_backoff=(0.05,))
         return Zone(spec, backend, settings)
 
     # --- lifecycle ----------------------------------------------------------------------------
