@@ -346,3 +346,23 @@ def test_a_planner_cannot_act_for_an_episode_that_is_not_open(tmp_path: Path) ->
     assert refused == [
         {"episode": "ep-not-open", "reason": "no such open episode", "zone": "planner"}
     ]
+
+
+def test_an_executor_bug_answers_the_planner_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from threezone.executor.decide import Decider
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in deciding")
+
+    monkeypatch.setattr(Decider, "decide", broken)
+    loaded = demo_workspace(tmp_path)
+    outcomes = by_name(run(loaded))
+    # The planner got a typed error straight away instead of waiting out its deadline,
+    # and nothing was executed.
+    assert {o.state for o in outcomes.values()} == {State.DONE}
+    assert all(o.decisions == [] for o in outcomes.values())
+    assert outcomes["3-invoice"].plan_summary is not None
+    assert "0 of 1 request(s) executed" in outcomes["3-invoice"].plan_summary
+    assert not list((loaded.base / "outbox").rglob("*.eml"))

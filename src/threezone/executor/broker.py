@@ -42,6 +42,7 @@ from threezone.protocol.framing import (
 )
 from threezone.protocol.messages import (
     ActionRequest,
+    Error,
     Hello,
     IsolationReport,
     LLMRequest,
@@ -115,7 +116,10 @@ class ZoneConnection:
     def _route(self, message: Message) -> None:
         reply_to = getattr(message, "reply_to", None)
         if reply_to is not None and reply_to in self._pending:
-            self._pending[reply_to].set_result(message)  # type: ignore[arg-type]
+            future = self._pending[reply_to]
+            if future.done():  # answered twice, or after its deadline passed
+                raise ZoneReplyError(self._zone.name, f"a second reply to request {reply_to}")
+            future.set_result(message)  # type: ignore[arg-type]
             return
         if isinstance(message, ActionRequest | LLMRequest) and self._zone.accepts_requests:
             task = asyncio.create_task(self._serve(message))
@@ -125,7 +129,18 @@ class ZoneConnection:
         raise ZoneReplyError(self._zone.name, f"unexpected {type(message).__name__} from this zone")
 
     async def _serve(self, request: ZoneRequest) -> None:
-        reply = await self._zone.handle_request(request)
+        try:
+            reply = await self._zone.handle_request(request)
+        except Exception:  # our bug: say so to the zone at once, never hang it until its deadline
+            log.exception(
+                "handling %s from zone %s failed", type(request).__name__, self._zone.name
+            )
+            reply = Error(
+                id=self._zone.next_id(),
+                reply_to=request.id,
+                code="executor_error",
+                detail="the executor failed to handle this request",
+            )
         with contextlib.suppress(ConnectionError):
             await self.send(reply)
 
