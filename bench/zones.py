@@ -62,6 +62,25 @@ async def zone_for(backend: Backend, workdir: Path, decoys: Decoys, module: str)
     return zone
 
 
+async def warm_restarts(backend: Backend, workdir: Path, decoys: Decoys, runs: int) -> list[float]:
+    """A killed zone replaced by its spare: from the need to the zone being ready."""
+    from dataclasses import replace
+
+    zone = await zone_for(backend, workdir, decoys, "threezone.zones.reader_main")
+    zone.settings = replace(zone.settings, spare=True)
+    times = []
+    await zone.ensure_running()
+    for _ in range(runs):
+        assert zone._spare is not None
+        await zone._spare
+        zone._kill()
+        begin = time.perf_counter()
+        await zone.ensure_running()
+        times.append(time.perf_counter() - begin)
+    await zone.stop()
+    return times
+
+
 async def measure_backend(name: str, starts: int, trips: int) -> dict[str, float]:
     backend = get_backend(name)
     backend.check()
@@ -89,8 +108,10 @@ async def measure_backend(name: str, starts: int, trips: int) -> dict[str, float
             await zone.request(request, request_id)
             trip_times.append(time.perf_counter() - begin)
         await zone.stop()
+        warm = await warm_restarts(backend, workdir, decoys, max(5, starts // 3))
         await decoys.close()
     return {
+        "restart_with_spare_ms_median": statistics.median(warm) * 1000,
         "start_ms_median": statistics.median(start_times) * 1000,
         "rss_mb": rss,
         "pss_mb": pss,

@@ -9,8 +9,10 @@ the zone starts is counted and :meth:`Group.kill` takes the whole tree.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,33 @@ class Group:
         for directory in self.dirs:
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+    async def drain_and_remove(self, timeout: float = 2.0) -> None:
+        """Kill what is left, wait until the group is empty, then remove it.
+
+        A zone's processes outlive its launcher by a moment (the pid namespace's init
+        dies first), and a group that still has members cannot be removed."""
+        self.kill()
+        for _ in range(int(timeout / 0.005)):
+            if not self.pids():
+                break
+            await asyncio.sleep(0.005)
+        self.remove()
+
+
+_OWNER = re.compile(r"-(?P<pid>\d+)(?:-\d+)?$")
+
+
+def prune() -> None:
+    """Remove empty groups left by executors that are gone (a crash, a kill -9)."""
+    for root in (ROOT / PARENT, ROOT / "memory" / PARENT, ROOT / "pids" / PARENT):
+        if not root.is_dir():
+            continue
+        for directory in root.iterdir():
+            owner = _OWNER.search(directory.name)
+            if directory.is_dir() and owner and not Path(f"/proc/{owner['pid']}").exists():
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
 
 def mode() -> str:

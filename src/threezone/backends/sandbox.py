@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import os
 import resource
 import shutil
@@ -84,6 +85,7 @@ class SandboxBackend(Backend):
         self._program: bytes | None = None
         self._checked = False
         self.bwrap = "bwrap"
+        self._launches = itertools.count(1)
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class SandboxBackend(Backend):
                 "apt-get install bubblewrap (make setup does it as root)",
             )
         self._probe_userns()
+        cgroups.prune()
         self._checked = True
 
     def _probe_userns(self) -> None:
@@ -166,7 +169,8 @@ class SandboxBackend(Backend):
         uid = self.zone_uid(spec.name)
         binds = [*runtime_binds(), Bind(spec.socket_path.parent, SOCKET_DIR)]
         seccomp_fd = filter_fd(self._program)
-        group = cgroups.create(f"{spec.name}-{os.getpid()}", spec.limits)
+        # One group per launch: a spare must not share limits with, or die with, the zone.
+        group = cgroups.create(f"{spec.name}-{os.getpid()}-{next(self._launches)}", spec.limits)
         argv = bwrap_argv(
             self.bwrap, spec, binds, uid=uid, seccomp_fd=seccomp_fd, socket=self.socket_arg(spec)
         )
@@ -223,7 +227,7 @@ class SandboxHandle(ProcessHandle):
     async def wait(self) -> int:
         code = await super().wait()
         if self.group is not None:
-            self.group.remove()
+            await self.group.drain_and_remove()
         return code
 
 

@@ -27,6 +27,9 @@ class ExecutorConfig(_Section, frozen=True):
     request_timeout: Seconds = 30.0
     max_frame_bytes: Bytes = 4 * 1024 * 1024
     max_raw_bytes: Bytes = 25 * 1024 * 1024
+    # Start each zone's successor ahead of need, so a zone that crashed or was killed is
+    # replaced at once instead of after a cold start; costs one idle zone per role.
+    spare_zones: bool = True
     restart_backoff: Annotated[list[Seconds], Meta(min_length=1, max_length=16)] = msgspec.field(
         default_factory=lambda: [0.1, 0.5, 2.0, 5.0]
     )

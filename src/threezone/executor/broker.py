@@ -66,6 +66,18 @@ class ZoneSettings:
     max_frame: int = DEFAULT_MAX_FRAME  # what a zone may send us
     max_frame_out: int = DEFAULT_MAX_FRAME  # what we may send a zone (raw mail is larger)
     restart_backoff: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
+    # Keep one fresh zone started ahead of need, so a restart adopts it at once.
+    spare: bool = False
+
+
+@dataclass(slots=True)
+class _Launch:
+    """One started zone process on its way to (or past) its hello."""
+
+    handle: ZoneHandle
+    arrived: asyncio.Future[ZoneConnection]
+    isolation: IsolationReport | None = None
+    peer_pid: int | None = None
 
 
 class ZoneConnection:
@@ -177,7 +189,8 @@ class Zone:
         self._handle: ZoneHandle | None = None
         self._conn: ZoneConnection | None = None
         self._conn_task: asyncio.Task[None] | None = None
-        self._arrived: asyncio.Future[ZoneConnection] | None = None
+        self._waiting: list[_Launch] = []  # started, hello not yet accepted
+        self._spare: asyncio.Task[tuple[_Launch, ZoneConnection]] | None = None
         self.isolation: IsolationReport | None = None
         self.peer_pid: int | None = None
         self.on_started: Callable[[Zone], None] | None = None
@@ -228,63 +241,91 @@ class Zone:
             await self._start()
 
     async def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._arrived = loop.create_future()
-        self.starts += 1
-        self._handle = await self.backend.start(self.spec)
-        try:
-            self._conn = await asyncio.wait_for(
-                asyncio.shield(self._arrived), self.settings.hello_timeout
-            )
-        except TimeoutError:
-            self._failures += 1
-            self._kill()
-            raise ZoneStartError(self.name, "no hello before the deadline") from None
-        except ZoneError as exc:
-            self._failures += 1
-            self._kill()
-            raise ZoneStartError(self.name, f"refused at start: {exc.detail}") from exc
-        finally:
-            self._arrived = None
-        self._conn_task = asyncio.create_task(self._conn.run())
+        launch, conn = await self._adopt_spare() or await self._spawn()
+        self._handle, self._conn = launch.handle, conn
+        self.isolation, self.peer_pid = launch.isolation, launch.peer_pid
+        self._conn_task = asyncio.create_task(conn.run())
         self._healthy = True
+        if self.settings.spare:
+            self._spare = asyncio.create_task(self._spawn())
         if self.on_started is not None:
             self.on_started(self)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        arrived = self._arrived
-        if arrived is None or arrived.done() or self._handle is None:
-            writer.close()  # nobody is expected on this socket now
-            return
-        conn = ZoneConnection(self, reader, writer)
+    async def _adopt_spare(self) -> tuple[_Launch, ZoneConnection] | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
         try:
-            self._check_peer(writer)
-            await self._greet(conn)
+            launch, conn = await spare
+        except ZoneError:
+            return None  # the spare failed; start one now, and report that one's failure
+        if launch.handle.returncode is not None:
+            return None
+        return launch, conn
+
+    async def _spawn(self) -> tuple[_Launch, ZoneConnection]:
+        """Start a zone process and wait for its accepted hello, within the deadline."""
+        self.starts += 1
+        handle = await self.backend.start(self.spec)
+        launch = _Launch(handle, asyncio.get_running_loop().create_future())
+        self._waiting.append(launch)
+        try:
+            conn = await asyncio.wait_for(
+                asyncio.shield(launch.arrived), self.settings.hello_timeout
+            )
+        except TimeoutError:
+            self._failures += 1
+            handle.kill()
+            raise ZoneStartError(self.name, "no hello before the deadline") from None
+        except ZoneError as exc:
+            self._failures += 1
+            handle.kill()
+            raise ZoneStartError(self.name, f"refused at start: {exc.detail}") from exc
+        except asyncio.CancelledError:  # a spare dropped before its hello
+            handle.kill()
+            await handle.wait()  # reaped, and its cgroup removed
+            raise
+        finally:
+            self._waiting.remove(launch)
+            self.isolation = launch.isolation  # kept even when refused: doctor shows it
+        return launch, conn
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ZoneConnection(self, reader, writer)
+        launch = self._launch_of(writer)
+        if launch is None:
+            conn.close()  # nobody we started is expected on this socket now
+            return
+        try:
+            await self._greet(conn, launch)
         except (ThreezoneError, asyncio.IncompleteReadError, ConnectionError) as exc:
             conn.close()
-            if not arrived.done():
+            if not launch.arrived.done():
                 error = exc if isinstance(exc, ZoneError) else ZoneStartError(self.name, str(exc))
-                arrived.set_exception(error)
+                launch.arrived.set_exception(error)
             return
-        if not arrived.done():
-            arrived.set_result(conn)
+        if not launch.arrived.done():
+            launch.arrived.set_result(conn)
 
-    def _check_peer(self, writer: asyncio.StreamWriter) -> None:
+    def _launch_of(self, writer: asyncio.StreamWriter) -> _Launch | None:
+        """The waiting launch whose process this peer is (SO_PEERCRED), if any."""
         sock: socket.socket = writer.get_extra_info("socket")
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         pid, uid, _gid = _PEERCRED.unpack(raw)
-        assert self._handle is not None
-        self.peer_pid = pid  # the zone's own process, as the host sees it
-        if not self.backend.peer_allowed(self._handle, pid, uid):
-            raise ZoneStartError(self.name, f"peer pid={pid} uid={uid} is not the zone we started")
+        for launch in self._waiting:
+            if not launch.arrived.done() and self.backend.peer_allowed(launch.handle, pid, uid):
+                launch.peer_pid = pid  # the zone's own process, as the host sees it
+                return launch
+        log.warning("zone %s: refused a connection from pid=%d uid=%d", self.name, pid, uid)
+        return None
 
-    async def _greet(self, conn: ZoneConnection) -> None:
+    async def _greet(self, conn: ZoneConnection, launch: _Launch) -> None:
         hello = await conn.read_message()
         if not isinstance(hello, Hello):
             raise ZoneReplyError(self.name, f"expected hello, got {type(hello).__name__}")
         if hello.zone != self.name or hello.role != self.spec.role:
             raise ZoneReplyError(self.name, f"hello names {hello.zone}/{hello.role}")
-        self.isolation = hello.isolation  # kept even when refused: doctor shows it
+        launch.isolation = hello.isolation
         self._check_isolation(hello.isolation)
         await conn.send(Ready(zone=self.name))
 
@@ -348,6 +389,16 @@ class Zone:
             return conn, reply
         raise AssertionError("unreachable")
 
+    async def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        spare.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ZoneError):
+            launch, conn = await spare
+            conn.close()
+            await launch.handle.stop()
+
     def _kill(self) -> None:
         self._healthy = False
         if self._handle is not None:
@@ -366,6 +417,7 @@ class Zone:
         self._conn, self._conn_task, self._handle = None, None, None
 
     async def stop(self) -> None:
+        await self._drop_spare()
         if self._conn is not None and not self._conn.closed.done():
             with contextlib.suppress(ConnectionError):
                 await self._conn.send(Shutdown(id=self.next_id()))

@@ -134,6 +134,7 @@ class Executor:
             max_frame=cfg.max_frame_bytes,
             max_frame_out=cfg.max_raw_bytes * 4 // 3 + 1024 * 1024,
             restart_backoff=tuple(cfg.restart_backoff),
+            spare=cfg.spare_zones,
         )
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(exist_ok=True)

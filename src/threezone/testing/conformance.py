@@ -83,7 +83,8 @@ verdict(escaped)
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 pid = int(sys.argv[2])
-# PTRACE_SEIZE attaches without stopping the target; exiting detaches again.
+# PTRACE_SEIZE attaches without stopping the target; this probe exits at once, which
+# detaches it again (a long-lived tracer must detach itself: see zones/probes.py).
 verdict(libc.ptrace(0x4206, pid, None, None) == 0)
 """,
     # Reading another host process's environment (where secrets often live).

@@ -17,7 +17,7 @@ Three rules keep the report honest:
   tested by calling ``socket(AF_INET)``, because a network namespace alone leaves IP
   sockets (and ``AF_VSOCK``) creatable; only seccomp refuses them.
 * **No side effects that outlive the probe.** Files are created and removed, a
-  successful ptrace (SEIZE: never stops the target) is detached at once, and the
+  successful ptrace is detached at once (after its attach-stop), and the
   user-namespace attempt runs in a forked child so the zone itself is unchanged.
 
 Probes whose target the executor did not provide (``None``, or no forbidden
@@ -41,6 +41,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -84,7 +85,8 @@ AF_NETLINK = 16
 AF_PACKET = 17
 AF_VSOCK = 40
 NETLINK_ROUTE = 0
-PTRACE_SEIZE = 0x4206
+PTRACE_ATTACH = 16
+_WALL = 0x40000000  # waitpid flag: also wait for tracees that are not our children
 PTRACE_DETACH = 17
 CLONE_NEWUSER = 0x10000000
 
@@ -112,7 +114,7 @@ class ProbeTargets:
     decoy_secret: str | None
     """A file beside the executor's real state; reading it must fail."""
     executor_pid: int | None
-    """Reading ``/proc/PID/environ`` and ptrace-seizing must fail."""
+    """Reading ``/proc/PID/environ`` and ptrace-attaching must fail."""
     forbidden_writes: tuple[str, ...]
     """Directories where creating a file must fail (``/``, the socket dir, sys.prefix)."""
     host_tmp_marker: str | None
@@ -346,16 +348,28 @@ def _libc() -> ctypes.CDLL:
 
 
 def _ptrace_attach(pid: int) -> _Outcome:
-    """Attaching must fail. PTRACE_SEIZE attaches without stopping the target, so a
-    probe that succeeds (no isolation) never freezes the executor; detach at once."""
+    """Attaching must fail. If it works (no isolation), let the target go cleanly.
+
+    A tracee stays attached until it is detached or the tracer exits, and a zone lives
+    long: an executor left traced would freeze at its next signal. So after a
+    successful PTRACE_ATTACH wait for the attach-stop and PTRACE_DETACH at once."""
     libc = _libc()
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     libc.ptrace.restype = ctypes.c_long
-    if libc.ptrace(PTRACE_SEIZE, pid, None, None) == -1:
+    if libc.ptrace(PTRACE_ATTACH, pid, None, None) == -1:
         name = errno.errorcode.get(ctypes.get_errno(), "?")
-        return True, f"ptrace(SEIZE, {pid}) -> {name}"
+        return True, f"ptrace(ATTACH, {pid}) -> {name}"
+    _detach(libc, pid)
+    return False, f"ptrace(ATTACH, {pid}) attached!"
+
+
+def _detach(libc: ctypes.CDLL, pid: int) -> None:
+    """DETACH needs the tracee in its attach-stop, so wait (briefly) for that first."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(pid, os.WNOHANG | _WALL)[0] != pid and time.monotonic() < deadline:
+            time.sleep(0.001)
     libc.ptrace(PTRACE_DETACH, pid, None, None)
-    return False, f"ptrace(SEIZE, {pid}) attached!"
 
 
 def _writes(directories: tuple[str, ...]) -> _Outcome:
