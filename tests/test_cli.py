@@ -53,3 +53,96 @@ def test_audit_verify_on_a_missing_file_is_a_clear_error(tmp_path: Path) -> None
     result = threezone("audit", "verify", str(tmp_path / "nope.jsonl"))
     assert result.returncode == 2
     assert "nope.jsonl" in result.stderr
+
+
+def demo_policy_workspace(tmp_path: Path) -> Path:
+    from threezone.demo import build_workspace
+
+    build_workspace(tmp_path)
+    return tmp_path
+
+
+def run_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=folder,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def test_policy_check_passes_a_good_policy_and_lists_every_problem(tmp_path: Path) -> None:
+    workspace = demo_policy_workspace(tmp_path)
+    good = run_in(workspace, "policy", "check")
+    assert good.returncode == 0
+    assert "OK: 5 rule(s)" in good.stdout
+    (workspace / "policy.d" / "20-bad.policy").write_text("email.send to=@contcts alow\n")
+    bad = run_in(workspace, "policy", "check")
+    assert bad.returncode == 1
+    assert "policy.d/20-bad.policy:1:15: unknown list '@contcts'" in bad.stderr
+    assert "policy.d/20-bad.policy:1:24:" in bad.stderr
+    assert "2 problem(s)" in bad.stdout
+
+
+def test_policy_eval_answers_with_the_rule_and_an_exit_code(tmp_path: Path) -> None:
+    import json
+
+    workspace = demo_policy_workspace(tmp_path)
+    allowed = run_in(
+        workspace,
+        "policy",
+        "eval",
+        "--action",
+        "email.reply",
+        "--args",
+        '{"to": "alice@partner.example"}',
+        "--trigger",
+        '{"sender": "alice@partner.example"}',
+        "--json",
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["rule"] == "policy.d/10-demo.policy:8"
+    unauthenticated = run_in(
+        workspace,
+        "policy",
+        "eval",
+        "--action",
+        "email.reply",
+        "--args",
+        '{"to": "alice@partner.example"}',
+        "--json",
+    )
+    assert unauthenticated.returncode == 1  # no authenticated sender: the reply rule fails
+    flagged = run_in(
+        workspace,
+        "policy",
+        "eval",
+        "--action",
+        "email.send",
+        "--args",
+        '{"to": "a@b.c"}',
+        "--trigger",
+        '{"flagged": true}',
+        "--json",
+    )
+    assert (flagged.returncode, json.loads(flagged.stdout)["rule"]) == (
+        1,
+        "policy.d/10-demo.policy:5",
+    )
+    held = run_in(
+        workspace,
+        "policy",
+        "eval",
+        "--action",
+        "email.send",
+        "--args",
+        '{"to": "bob@partner.example"}',
+        "--json",
+    )
+    assert (held.returncode, json.loads(held.stdout)["decision"]) == (3, "ask")
+    broken = run_in(workspace, "policy", "eval", "--action", "email.send", "--args", "{bad")
+    assert broken.returncode == 2
+    assert "--args" in broken.stderr

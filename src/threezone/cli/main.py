@@ -20,6 +20,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the audit
 app.add_typer(audit_app, name="audit")
 sandbox_app = typer.Typer(no_args_is_help=True, help="Use a zone's isolation directly.")
 app.add_typer(sandbox_app, name="sandbox")
+policy_app = typer.Typer(no_args_is_help=True, help="Check a policy, or ask it a question.")
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 errors = Console(stderr=True)
@@ -139,6 +141,60 @@ def sandbox_run(
     except ThreezoneError as exc:
         raise _fail(exc) from exc
     raise typer.Exit(code)
+
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", help="threezone.toml: its [lists] and [policy] dir.")
+]
+
+
+@policy_app.command("check")
+def policy_check(
+    directory: Annotated[Path | None, typer.Argument(help="Default: the config's.")] = None,
+    config: ConfigOption = Path("threezone.toml"),
+) -> None:
+    """Report every problem in a policy directory, like a compiler; exit 1 if any."""
+    from threezone.cli.policy_cmd import check
+
+    try:
+        problems, summary = check(directory, config)
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    for problem in problems:
+        errors.print(str(problem), highlight=False, markup=False)
+    console.print(summary, highlight=False)
+    raise typer.Exit(1 if problems else 0)
+
+
+@policy_app.command("eval")
+def policy_eval(  # noqa: PLR0917 - typer maps each option to one parameter
+    action: Annotated[str, typer.Option(help="The action, e.g. email.send.")],
+    args: Annotated[str, typer.Option(help='Its arguments as JSON: {"to": "a@b.c"}.')] = "{}",
+    trigger: Annotated[
+        str, typer.Option(help='The trigger as JSON: {"channel": "email", "sender": ...}.')
+    ] = "{}",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Policy directory.")] = None,
+    config: ConfigOption = Path("threezone.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """The decision and the rule for a hypothetical action (exit 0 allow, 1 deny, 3 ask)."""
+    from threezone.cli.policy_cmd import decide
+
+    try:
+        verdict = decide(action, args, trigger, directory, config)
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    shown = {
+        "decision": verdict.decision,
+        "rule": verdict.rule,
+        "rule_text": verdict.rule_text,
+        "reason": verdict.reason,
+    }
+    if as_json:
+        console.print_json(msgspec.json.encode(shown).decode())
+    else:
+        console.print(f"{verdict.decision} by {verdict.rule}: {verdict.reason}", highlight=False)
+    raise typer.Exit({"allow": 0, "deny": 1, "ask": 3}[verdict.decision])
 
 
 if __name__ == "__main__":
