@@ -6,16 +6,13 @@ with decoys laid as in a real run, so what doctor shows is what a run would veri
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from threezone.backends import BACKENDS, get_backend
-from threezone.backends.base import Backend, Role, ZoneSpec
+from threezone.backends.base import Backend, Role
 from threezone.errors import BackendError, ZoneError
-from threezone.executor.broker import Zone, ZoneSettings
-from threezone.executor.decoys import Decoys
+from threezone.executor.broker import ZoneSettings
+from threezone.executor.standalone import standalone_zone
 from threezone.protocol.messages import IsolationReport
 
 MODULES: dict[Role, str] = {
@@ -55,36 +52,13 @@ async def check_zone(backend: Backend, role: Role) -> ZoneCheck:
     except BackendError as exc:
         result.error = str(exc)
         return result
-    workdir = Path(tempfile.mkdtemp(prefix="threezone-doctor-"))
-    decoys = Decoys(workdir, result.alarms.append)
-    try:
-        await decoys.start()
-        await _start_and_stop(backend, role, workdir, decoys, result)
-    finally:
-        await decoys.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    async with standalone_zone(
+        backend, role, MODULES[role], SETTINGS, result.alarms.append
+    ) as zone:
+        try:
+            await zone.ensure_running()
+        except ZoneError as exc:
+            result.error = exc.detail
+        finally:
+            result.report = zone.isolation
     return result
-
-
-async def _start_and_stop(
-    backend: Backend, role: Role, workdir: Path, decoys: Decoys, result: ZoneCheck
-) -> None:
-    spec = ZoneSpec(
-        name=f"doctor-{role}",
-        role=role,
-        module=MODULES[role],
-        socket_path=workdir / "run" / role / "zone.sock",
-        log_path=workdir / f"{role}.log",
-    )
-    inside = str(Path(backend.socket_arg(spec)).parent)
-    spec = replace(spec, args=decoys.args(spec, inside))
-    (workdir / "run").mkdir(mode=0o700)
-    zone = Zone(spec, backend, SETTINGS)
-    await zone.listen()
-    try:
-        await zone.ensure_running()
-    except ZoneError as exc:
-        result.error = exc.detail
-    finally:
-        result.report = zone.isolation
-        await zone.stop()
