@@ -146,3 +146,46 @@ def test_policy_eval_answers_with_the_rule_and_an_exit_code(tmp_path: Path) -> N
     broken = run_in(workspace, "policy", "eval", "--action", "email.send", "--args", "{bad")
     assert broken.returncode == 2
     assert "--args" in broken.stderr
+
+
+def test_sanitize_runs_the_reader_in_its_zone_and_prints_strict_json(tmp_path: Path) -> None:
+    import json
+
+    from threezone.demo import hidden
+
+    raw = tmp_path / "hidden.eml"
+    raw.write_bytes(hidden())
+    result = run_in(tmp_path, "sanitize", str(raw))
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)
+    assert message["sanitized"] is True
+    assert message["injection"]["flagged"] is True
+    assert "API keys" not in message["body"]
+
+
+def test_sanitize_jsonl_streams_one_result_per_line(tmp_path: Path) -> None:
+    import json
+
+    from threezone.demo import hidden, meeting
+
+    lines = [
+        json.dumps({"id": 1, "raw": meeting().decode()}),
+        "this is not json",
+        json.dumps({"id": "b", "raw": hidden().decode()}),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = run_in(tmp_path, "sanitize", "--jsonl", str(source))
+    assert result.returncode == 1  # one line was refused
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["id"] for o in out] == [1, None, "b"]
+    assert out[0]["result"]["injection"]["flagged"] is False
+    assert out[1]["error"]["code"] == "bad_line"
+    assert out[2]["result"]["injection"]["flagged"] is True
+
+
+def test_sanitize_says_clearly_what_it_cannot_do(tmp_path: Path) -> None:
+    missing = run_in(tmp_path, "sanitize", str(tmp_path / "nope.eml"))
+    assert (missing.returncode, "cannot read" in missing.stderr) == (2, True)
+    other = run_in(tmp_path, "sanitize", "--channel", "telegram", "-")
+    assert (other.returncode, "only email" in other.stderr) == (2, True)

@@ -143,6 +143,41 @@ def sandbox_run(
     raise typer.Exit(code)
 
 
+@app.command()
+def sanitize(
+    path: Annotated[str, typer.Argument(help="A raw email file, or - for standard input.")],
+    channel: Annotated[str, typer.Option(help="Only email so far.")] = "email",
+    jsonl: Annotated[
+        bool, typer.Option(help='Lines of {"id", "raw"} in, one result per line out.')
+    ] = False,
+    in_process: Annotated[bool, typer.Option(help="Run the reader here, not in its zone.")] = False,
+    backend: Annotated[str, typer.Option(help="Isolation backend for the zone.")] = "sandbox",
+) -> None:
+    """Run a reader on untrusted input and print its strict JSON (exit 1 if it refused)."""
+    import sys
+
+    from threezone.cli.sanitize_cmd import sanitize_one, sanitize_stream
+
+    if channel != "email":
+        raise _fail(ThreezoneError(f"no reader for channel {channel!r} yet (only email)"))
+    source = sys.stdin.buffer if path == "-" else None
+    try:
+        if jsonl:
+            with source or open(path, "rb") as lines:
+                failed = asyncio.run(sanitize_stream(lines, sys.stdout, in_process, backend))
+            raise typer.Exit(1 if failed else 0)
+        data = source.read() if source else Path(path).read_bytes()
+        outcome = asyncio.run(sanitize_one(data, in_process, backend))
+    except OSError as exc:
+        raise _fail(ThreezoneError(f"cannot read {path}: {exc.strerror}")) from exc
+    except ThreezoneError as exc:
+        raise _fail(exc) from exc
+    if isinstance(outcome, tuple):
+        errors.print(f"refused: {outcome[0]}: {outcome[1]}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    console.print_json(msgspec.json.encode(outcome).decode())
+
+
 ConfigOption = Annotated[
     Path, typer.Option("--config", help="threezone.toml: its [lists] and [policy] dir.")
 ]
