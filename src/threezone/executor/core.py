@@ -388,8 +388,8 @@ async def run_once(
 ) -> list[Outcome]:
     """Start, fetch what is waiting, process every pending message, stop."""
     executor = Executor(loaded, backend, zone_modules)
-    await executor.start()
-    try:
+    try:  # stop() also undoes a start() that failed half-way (decoys, sockets, locks)
+        await executor.start()
         executor.ingest()
         return await executor.process_pending()
     finally:
