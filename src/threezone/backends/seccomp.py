@@ -255,16 +255,6 @@ def filter_fd(program: bytes) -> int:
     return fd
 
 
-def describe() -> tuple[str, ...]:
-    """One line per rule plus the defaults, for ``threezone doctor``."""
-    return (
-        "default: allow",
-        "foreign architecture (i386, x32, arm32): kill process",
-        f"sockets: {', '.join(ALLOWED_SOCKET_FAMILIES)} only",
-        *(str(rule) for rule in rules()),
-    )
-
-
 # --- helpers ----------------------------------------------------------------------------------
 
 

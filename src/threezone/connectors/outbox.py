@@ -35,9 +35,6 @@ class Outbox:
         _write_atomic(target, message.as_bytes())
         return target
 
-    def files(self) -> list[Path]:
-        return sorted(self.directory.rglob("*.eml")) if self.directory.exists() else []
-
 
 def _write_atomic(target: Path, data: bytes) -> None:
     temporary = target.with_suffix(".tmp")

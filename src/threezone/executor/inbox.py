@@ -211,15 +211,6 @@ class Inbox:
             raise InboxError(f"no message {message_id!r} in the inbox")
         return bytes(row[0])
 
-    def count_attempt(self, message_id: str) -> int:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE messages SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (time.time(), message_id),
-            )
-            row = db.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,)).fetchone()
-        return int(row[0])
-
     def mark_sanitized(self, message_id: str, message: SanitizedMessage) -> None:
         self._advance(message_id, State.SANITIZED, "sanitized", msgspec.json.encode(message))
 
@@ -301,9 +292,3 @@ class Inbox:
             (rule, ActionStatus.EXECUTED, since),
         ).fetchone()
         return int(row[0])
-
-    def actions_for(self, message_id: str) -> list[ActionRecord]:
-        keys = self._db.execute(
-            "SELECT key FROM actions WHERE message_id = ? ORDER BY rowid", (message_id,)
-        )
-        return [record for (key,) in keys.fetchall() if (record := self.action(key)) is not None]
