@@ -53,6 +53,57 @@ class ChannelsConfig(_Section, frozen=True):
     email: EmailChannelConfig | None = None
 
 
+class SecretsConfig(_Section, frozen=True):
+    """Where the owner's credentials live, encrypted at rest.
+
+    ``file`` is an age-encrypted document (``*.age``) or a sops file with age recipients
+    (``*.sops.json`` / ``*.sops.yaml``); ``identity`` is the age key file that decrypts
+    it, readable by its owner only (0600). Empty ``file`` means no secrets are loaded.
+    """
+
+    file: str = ""
+    identity: str = "~/.config/threezone/age.key"
+    format: Literal["auto", "age", "sops"] = "auto"
+
+
+class EgressRule(_Section, frozen=True):
+    """One destination a connector may reach; ``methods``/``path_prefix`` narrow HTTP."""
+
+    connector: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$")]
+    host: Annotated[str, Meta(min_length=1, max_length=253)]
+    port: Annotated[int, Meta(ge=1, le=65535)] = 443
+    methods: list[str] = msgspec.field(default_factory=list)
+    path_prefix: str = ""
+
+
+class EgressConfig(_Section, frozen=True):
+    """The executor's outbound allowlist. Empty means nothing may leave (fail closed).
+
+    Private, loopback and link-local addresses are refused even for allowed hosts
+    unless their network is listed in ``allow_private`` (tests list 127.0.0.0/8).
+    """
+
+    allow: list[EgressRule] = msgspec.field(default_factory=list)
+    allow_private: list[str] = msgspec.field(default_factory=list)
+
+
+class AuditConfig(_Section, frozen=True):
+    """Signed checkpoints: every ``checkpoint_every`` records and at shutdown.
+
+    ``signing_key`` is an Ed25519 private key (PEM, 0600), created on first use.
+    ``anchor_command``, when set, is run with the checkpoint's JSON on stdin, so the
+    digest can be sent somewhere the machine's owner controls (outside this machine).
+    """
+
+    checkpoint_every: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    signing_key: str = ""  # default: <state_dir>/audit-signing.key
+    anchor_command: list[str] = msgspec.field(default_factory=list)
+
+
+class ApprovalsConfig(_Section, frozen=True):
+    ttl_seconds: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 3_600
+
+
 class PlannerConfig(_Section, frozen=True):
     kind: Literal["hijacked"] = "hijacked"
 
@@ -65,3 +116,7 @@ class Config(_Section, frozen=True):
     )
     channels: ChannelsConfig = ChannelsConfig()
     planner: PlannerConfig = PlannerConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    egress: EgressConfig = EgressConfig()
+    audit: AuditConfig = AuditConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()

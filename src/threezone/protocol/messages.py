@@ -58,9 +58,17 @@ class Link(_Frozen, frozen=True):
 
 
 class Attachment(_Frozen, frozen=True):
+    """An attachment described, never carried.
+
+    ``content_type`` is what the sender declared; ``sniffed_type`` is what the reader
+    found from the content's first bytes, or "" when it never saw the content (chat
+    platforms send references, not bytes).
+    """
+
     name: Short
     content_type: Short
     size: Count
+    sniffed_type: Short = ""
 
 
 class Injection(_Frozen, frozen=True):
@@ -89,6 +97,10 @@ class SanitizedMessage(_Frozen, frozen=True):
     injection: Injection
     sanitized: Literal[True]
     dropped: Dropped = Dropped()
+    # Conversation keys as the platform states them (email Message-IDs, Telegram
+    # chat:message ids, Slack thread_ts): for threading only, never for trust.
+    thread_id: Short | None = None
+    reply_to_id: Short | None = None
 
 
 # --- episodes ---------------------------------------------------------------------------------
