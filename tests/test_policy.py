@@ -23,7 +23,10 @@ from threezone.policy import (
 )
 from threezone.policy.evaluate import glob_match
 from threezone.policy.loader import check_policy_dir, load_policy_dir
+from threezone.policy.model import Origin
 from threezone.protocol.messages import Channel, Trigger
+
+ORIGIN_VALUES: tuple[Origin, ...] = ("trusted", "content", "planner")
 
 FILE = "policy.d/10-test.policy"
 LISTS: dict[str, frozenset[str]] = {
@@ -332,22 +335,22 @@ def test_parses_the_example() -> None:
         ("*", "deny", 6),
     ]
     assert rules[0].conditions == (
-        Condition("to", False, "contacts", "list", 24),
-        Condition("trigger.sender", False, "contacts", "list", 37),
+        Condition("to", "=", "contacts", "list", 24),
+        Condition("trigger.sender", "=", "contacts", "list", 37),
     )
     assert rules[0].rate == Rate(20, 3600, "20/h")
     assert rules[0].ref == f"{FILE}:2"
     assert rules[1].conditions == ()
-    assert rules[3].conditions == (Condition("trigger.flagged", False, "true", "literal", 24),)
+    assert rules[3].conditions == (Condition("trigger.flagged", "=", "true", "literal", 24),)
 
 
 def test_condition_kinds_and_negation() -> None:
     (rule,) = parse_policy("x.y a!=@l b=*.com c=lit d=a#b allow\n", FILE)
     assert rule.conditions == (
-        Condition("a", True, "l", "list", 5),
-        Condition("b", False, "*.com", "glob", 11),
-        Condition("c", False, "lit", "literal", 19),
-        Condition("d", False, "a#b", "literal", 25),  # '#' inside a token is data
+        Condition("a", "!=", "l", "list", 5),
+        Condition("b", "=", "*.com", "glob", 11),
+        Condition("c", "=", "lit", "literal", 19),
+        Condition("d", "=", "a#b", "literal", 25),  # '#' inside a token is data
     )
     assert [c.text for c in rule.conditions] == ["a!=@l", "b=*.com", "c=lit", "d=a#b"]
 
@@ -391,7 +394,11 @@ PARSE_ERRORS = [
     ("email.send to=x", 16, "expected a decision (allow, deny, ask) after the conditions"),
     ("email.send *", 13, "expected a decision (allow, deny, ask) after the conditions"),
     ("email.send allow", 12, "expected conditions ('*' or subject=value) before 'allow'"),
-    ("email.send to=x maybe", 17, "expected a condition (subject=value or subject!=value)"),
+    (
+        "email.send to=x maybe",
+        17,
+        "expected a condition (subject=value, subject~regex, subject<=N, ...)",
+    ),
     ("email.send to=x Allow", 17, "got 'Allow' (decisions are lowercase)"),
     ("email.send to=x alow extra", 17, "got 'alow'"),  # one typo, one problem
     ("email.send * to=x allow", 14, "'*' means no conditions and cannot be combined"),
@@ -402,13 +409,13 @@ PARSE_ERRORS = [
     ("email.send a.b=x allow", 12, "invalid subject 'a.b'"),
     ("email.send trigger.sendr=x allow", 20, "unknown trigger field 'sendr'; expected one of"),
     ("email.send to= allow", 15, "expected a value after '='"),
-    ("email.send to!= allow", 16, "expected a value after '='"),
+    ("email.send to!= allow", 16, "expected a value after '!='"),
     ("email.send to=@ allow", 15, "invalid list name '@'"),
     ("email.send to=@Big allow", 15, "invalid list name '@Big'"),
     ("email.send trigger.flagged=yes allow", 28, "expected true or false for trigger.flagged"),
     ("email.send trigger.flagged=t* allow", 28, "expected true or false"),
     ("email.send trigger.sender_authenticated=@l allow", 41, "expected true or false"),
-    ("email.send trigger.channel=emial allow", 28, "unknown channel 'emial'"),
+    ("email.send trigger.channel=emial allow", 28, "unknown value 'emial' for trigger.channel"),
     ("email.send * allow 20/h", 20, "expected a limit like rate=20/h after the decision"),
     ("email.send * allow burst=3", 20, "unknown limit 'burst'"),
     ("email.send * deny rate=1/h", 19, "limits are only allowed on allow and ask rules"),
@@ -565,11 +572,13 @@ def test_unreadable_entries_deny_everything(tmp_path: Path) -> None:
 ARG_NAMES = ("to", "chat", "count", "urgent", "subject")
 VALUES: tuple[str, ...] = (
     *("x", "alice@example.com", "*", "*@example.com", "true", "false", "3", "@contacts"),
-    *("@owner", "@nobody", "email", "", "a*b"),
+    *("@owner", "@nobody", "email", "", "a*b", "{a,b*}", "{", "{}", "{a,,b}", "{@x}", "10"),
+    *("-3", "content", "trusted", "planner", "[a-", "(x+)+$", ".*@x\\.com", "a{1000}{1000}"),
 )
 SUBJECTS: tuple[str, ...] = (
     *(*ARG_NAMES, "trigger.channel", "trigger.sender", "trigger.flagged"),
     *("trigger.sender_authenticated", "trigger.account", "trigger.sendr", "To", ""),
+    *("len(body)", "origin(to)", "domain(to)", "len()", "size(to)", "origin(To)", "len(x"),
 )
 VOCABULARY = (
     *("*", "email.*", "email.send", "allow", "deny", "ask", "Allow", "#", "# c", "rate=20/h"),
@@ -587,7 +596,7 @@ def token_soup(draw: st.DrawFn) -> str:
                 st.builds(
                     lambda s, op, v: f"{s}{op}{v}",
                     st.sampled_from(SUBJECTS),
-                    st.sampled_from(("=", "!=", "==")),
+                    st.sampled_from(("=", "!=", "==", "~", "!~", "<", "<=", ">", ">=", "=<")),
                     st.sampled_from(VALUES),
                 ),
                 st.text(max_size=5),
@@ -636,6 +645,20 @@ def rule_lines(draw: st.DrawFn, patterns: tuple[str, ...]) -> str:
     """A valid policy text with random rules over ``patterns``."""
     condition = st.one_of(
         _conditions((*ARG_NAMES, "trigger.sender", "trigger.account"), GENERAL_VALUES),
+        _conditions(("origin(to)", "origin(body)"), ("content", "{trusted,planner}", "@owner")),
+        _conditions(("len(body)", "count"), ("0", "100", "-1")),
+        st.builds(
+            lambda s, op, v: f"{s}{op}{v}",
+            st.sampled_from(("to", "domain(to)", "trigger.sender")),
+            st.sampled_from(("~", "!~")),
+            st.sampled_from((".*@example\\.com", "a|b", "[0-9]+")),
+        ),
+        st.builds(
+            lambda s, op, v: f"{s}{op}{v}",
+            st.sampled_from(("len(to)", "count")),
+            st.sampled_from(("<", "<=", ">", ">=")),
+            st.sampled_from(("0", "5", "-2")),
+        ),
         _conditions(("trigger.channel",), ("email", "slack", "e*", "@contacts")),
         _conditions(("trigger.flagged", "trigger.sender_authenticated"), ("true", "false")),
     )
@@ -692,6 +715,9 @@ def test_no_matching_rule_denies(
     arg_maps,
     triggers,
     list_maps,
+    st.one_of(
+        st.none(), st.dictionaries(st.sampled_from(ARG_NAMES), st.sampled_from(ORIGIN_VALUES))
+    ),
 )
 def test_evaluate_never_raises(
     text: str,
@@ -699,9 +725,10 @@ def test_evaluate_never_raises(
     args: dict[str, str | int | bool],
     trigger: Trigger,
     lists: dict[str, frozenset[str]],
+    origins: dict[str, Origin] | None,
 ) -> None:
     policy = Policy(parse_policy(text, FILE))
-    result = evaluate(policy, action, args, trigger, lists)
+    result = evaluate(policy, action, args, trigger, lists, origins=origins)
     refs = {r.ref for r in policy.rules} | {DEFAULT_DENY_REF}
     assert result.decision in ("allow", "deny", "ask")
     assert result.rule in refs

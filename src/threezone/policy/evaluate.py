@@ -21,13 +21,18 @@ Matching rules, chosen to fail closed:
 
 from __future__ import annotations
 
+import operator
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from threezone.errors import PolicyError
 from threezone.policy.model import (
     DEFAULT_DENY_REF,
     POLICY_ERROR_REF,
     Condition,
+    Origin,
     Policy,
     PolicyDecision,
     Rule,
@@ -41,6 +46,20 @@ ArgValue = str | int | bool
 MAX_REASON = 1_000
 _MAX_NEAR_MISSES = 5
 _TRIGGER_PREFIX = "trigger."
+_CALL = re.compile(r"(len|origin|domain)\(([a-z][a-z0-9_]*)\)")
+_INTEGER = re.compile(r"-?[0-9]{1,15}")
+_ADDRESS = re.compile(r"[^\s<>@,;\"]+@([a-z0-9.-]+)")
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}\.)+[a-z0-9-]{1,63}\.?")
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """Everything a condition can look at for one request."""
+
+    args: Mapping[str, ArgValue]
+    trigger: Trigger
+    lists: Mapping[str, frozenset[str]]
+    origins: Mapping[str, Origin] | None
 
 
 def evaluate(
@@ -49,16 +68,23 @@ def evaluate(
     args: Mapping[str, ArgValue],
     trigger: Trigger,
     lists: Mapping[str, frozenset[str]],
+    *,
+    origins: Mapping[str, Origin] | None = None,
 ) -> PolicyDecision:
-    """The first rule whose action pattern and every condition match decides."""
+    """The first rule whose action pattern and every condition match decides.
+
+    ``origins`` maps argument names to where their values came from (see
+    :mod:`threezone.policy.provenance`); without it, ``origin()`` conditions never hold.
+    """
     if policy.error is not None:
         return _broken_policy(policy.error)
     wanted = action.lower()
+    facts = _Facts(args, trigger, lists, origins)
     near_misses: list[str] = []
     for rule in policy.rules:
         if not glob_match(rule.action, wanted):
             continue
-        if all(_holds(c, args, trigger, lists) for c in rule.conditions):
+        if all(_holds(c, facts) for c in rule.conditions):
             return _decided_by(rule, action)
         near_misses.append(rule.ref)
     return _default_deny(action, near_misses)
@@ -106,17 +132,14 @@ def glob_match(pattern: str, text: str) -> bool:
     return True
 
 
-def _holds(
-    condition: Condition,
-    args: Mapping[str, ArgValue],
-    trigger: Trigger,
-    lists: Mapping[str, frozenset[str]],
-) -> bool:
+def _holds(condition: Condition, facts: _Facts) -> bool:
     """True only if the data is there and the test says so (see the module docstring)."""
-    actual = _subject_value(condition.subject, args, trigger)
+    actual = _subject_value(condition.subject, facts)
     if actual is None:
         return False
-    matched = _value_matches(condition, actual.lower(), lists)
+    if condition.kind == "number":
+        return _compare_number(condition, actual)
+    matched = _value_matches(condition, actual.lower(), facts.lists)
     if matched is None:
         return False
     return matched != condition.negate
@@ -129,17 +152,71 @@ def _value_matches(
     if condition.kind == "list":
         members = lists.get(condition.value)
         return None if members is None else actual in members
-    if condition.kind == "glob":
-        return glob_match(condition.value.lower(), actual)
-    return actual == condition.value.lower()
+    if condition.kind == "set":
+        return any(_text_matches(item, actual) for item in condition.items)
+    if condition.kind == "regex":
+        return condition.matcher.fullmatch(actual) is not None
+    return _text_matches(condition.value, actual)
 
 
-def _subject_value(subject: str, args: Mapping[str, ArgValue], trigger: Trigger) -> str | None:
+def _text_matches(expected: str, actual: str) -> bool:
+    if "*" in expected:
+        return glob_match(expected.lower(), actual)
+    return actual == expected.lower()
+
+
+def _compare_number(condition: Condition, actual: str) -> bool:
+    """Integer comparison; a value that is not a whole number fails every test."""
+    if _INTEGER.fullmatch(actual) is None:
+        return False
+    left, right = int(actual), int(condition.value)
+    return _NUMBER_TESTS[condition.op](left, right)
+
+
+_NUMBER_TESTS: Mapping[str, Callable[[int, int], bool]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _subject_value(subject: str, facts: _Facts) -> str | None:
     if subject.startswith(_TRIGGER_PREFIX):
-        return _trigger_value(subject[len(_TRIGGER_PREFIX) :], trigger)
-    if subject not in args:
+        return _trigger_value(subject[len(_TRIGGER_PREFIX) :], facts.trigger)
+    call = _CALL.fullmatch(subject)
+    if call is None:
+        return _render(facts.args[subject]) if subject in facts.args else None
+    function, name = call[1], call[2]
+    if function == "origin":
+        return facts.origins.get(name) if facts.origins is not None else None
+    text = _render(facts.args[name]) if name in facts.args else None
+    if text is None:
         return None
-    return _render(args[subject])
+    return str(len(text)) if function == "len" else domain_of(text)
+
+
+def domain_of(value: str) -> str | None:
+    """The domain of an address (``a@b.example`` -> ``b.example``) or the host of a URL.
+
+    Display names and angle brackets are tolerated (``Bob <bob@b.example>``); a value
+    holding several addresses has no single domain and yields None (fails closed).
+    """
+    text = value.strip().lower()
+    if "://" in text:
+        try:
+            host = urlsplit(text).hostname
+        except ValueError:  # e.g. an unclosed IPv6 bracket: no host we can vouch for
+            return None
+        return host.rstrip(".") if host else None
+    addresses: list[str] = _ADDRESS.findall(text)
+    if len(addresses) == 1:
+        return addresses[0].rstrip(".")
+    if not addresses and _HOSTNAME.fullmatch(text):
+        return text.rstrip(".")
+    return None
 
 
 def _trigger_value(name: str, trigger: Trigger) -> str | None:

@@ -7,13 +7,15 @@ the evaluator turns the stored error into a deny that names where parsing failed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from threezone.errors import PolicyError
 
 Decision = Literal["allow", "deny", "ask"]
-ConditionKind = Literal["list", "glob", "literal"]
+ValueKind = Literal["list", "glob", "literal", "set", "regex", "number"]
+Operator = Literal["=", "!=", "~", "!~", "<", "<=", ">", ">="]
+Origin = Literal["trusted", "content", "planner"]
 
 DEFAULT_DENY_REF = "<default-deny>"
 POLICY_ERROR_REF = "<policy-error>"
@@ -30,25 +32,39 @@ class Rate:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """One ``subject=value`` (or ``subject!=value``) test; all of a rule's must hold.
+    """One ``subject OP value`` test; all of a rule's conditions must hold.
 
-    ``subject`` is an argument name or ``trigger.<field>``. For ``kind == "list"``
-    ``value`` is the bare list name (no ``@``), so it can be looked up directly.
+    ``subject`` is an argument name, ``trigger.<field>``, or a function of an argument:
+    ``len(arg)``, ``origin(arg)`` (where its value came from) or ``domain(arg)`` (the
+    domain of an address or the host of a URL). ``kind`` says how ``value`` is read:
+
+    - ``literal`` / ``glob``: compared to the text (case-insensitive; ``*`` is any run);
+    - ``list``: membership in the config list named by ``value`` (stored without ``@``);
+    - ``set``: membership in ``items``, each a literal or glob (``{a,b*}``);
+    - ``regex``: an RE2 pattern that must match the whole text (``~`` / ``!~``);
+    - ``number``: an integer bound (``<``, ``<=``, ``>``, ``>=``, and ``=``/``!=``).
+
+    ``matcher`` is the compiled RE2 pattern for ``regex`` (excluded from equality).
     ``col`` is the 1-based column of the condition in its line, for messages.
     """
 
     subject: str
-    negate: bool
+    op: Operator
     value: str
-    kind: ConditionKind
+    kind: ValueKind
     col: int
+    items: tuple[str, ...] = ()
+    matcher: Any = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def negate(self) -> bool:
+        return self.op in ("!=", "!~")
 
     @property
     def text(self) -> str:
         """The condition as it would be written in a policy file."""
-        op = "!=" if self.negate else "="
         shown = f"@{self.value}" if self.kind == "list" else self.value
-        return f"{self.subject}{op}{shown}"
+        return f"{self.subject}{self.op}{shown}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import Literal, cast, get_args
+
+import re2
 
 from threezone.errors import PolicyError, PolicyProblem
-from threezone.policy.model import Condition, ConditionKind, Decision, Rate, Rule
+from threezone.policy.model import (
+    Condition,
+    Decision,
+    Operator,
+    Origin,
+    Rate,
+    Rule,
+    ValueKind,
+)
 from threezone.protocol.messages import Channel
 
 DECISIONS: tuple[Decision, ...] = ("allow", "deny", "ask")
@@ -42,10 +52,34 @@ _RATE = re.compile(r"([1-9][0-9]{0,8})/([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 _BOOL_FIELDS = frozenset({"flagged", "sender_authenticated"})
 _CHANNELS: tuple[str, ...] = get_args(Channel)
+ORIGINS: tuple[str, ...] = get_args(Origin)
+
+# What a subject yields decides which operators make sense for it.
+SubjectShape = Literal["arg", "text", "bool", "channel", "number", "origin"]
+FUNCTIONS: dict[str, SubjectShape] = {"len": "number", "origin": "origin", "domain": "text"}
+_EQUALITY: tuple[Operator, ...] = ("=", "!=")
+_TEXT_OPS: tuple[Operator, ...] = ("=", "!=", "~", "!~")
+_NUMERIC_OPS: tuple[Operator, ...] = ("<", "<=", ">", ">=")
+_OPS_FOR: dict[SubjectShape, tuple[Operator, ...]] = {
+    "arg": _TEXT_OPS + _NUMERIC_OPS,
+    "text": _TEXT_OPS,
+    "bool": _EQUALITY,
+    "channel": _EQUALITY,
+    "origin": _EQUALITY,
+    "number": _EQUALITY + _NUMERIC_OPS,
+}
+# The subject is everything before the first operator character, so values may hold
+# any of them (a regex like a=b~c is fine); two-character operators are tried first.
+_CONDITION = re.compile(r"(?P<subject>[^=!<>~]*)(?P<op>!=|!~|<=|>=|=|~|<|>)(?P<value>.*)")
+_HAS_OP = re.compile(r"[=<>~]")
+_CALL = re.compile(r"(?P<function>[a-z_]+)\((?P<argument>[^()]*)\)")
+_NUMBER = re.compile(r"-?[0-9]{1,15}")
+MAX_REGEX = 1_000
+_REGEX_MEMORY = 8 * 1024 * 1024
 
 _DECISION_WORDS = "a decision (allow, deny, ask)"
-_CONDITION_WORDS = "a condition (subject=value or subject!=value)"
-_VALUE_WORDS = "a literal, a glob with '*', or @list"
+_CONDITION_WORDS = "a condition (subject=value, subject~regex, subject<=N, ...)"
+_VALUE_WORDS = "a literal, a glob with '*', a set {a,b}, or @list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +193,7 @@ def _parse_conditions(
                     f"expected conditions ('*' or subject=value) before {_show(token.text)}",
                 )
             return tuple(conditions), at
-        if "=" not in token.text:
+        if _HAS_OP.search(token.text) is None:
             line.report(
                 token.col, f"expected {_CONDITION_WORDS} or {_DECISION_WORDS}, {_got(token)}"
             )
@@ -179,7 +213,7 @@ def _after_star(tokens: list[_Token], line: _Line) -> tuple[tuple[Condition, ...
     token = tokens[2]
     if _as_decision(token.text) is not None:
         return (), 2
-    if "=" in token.text:
+    if _HAS_OP.search(token.text) is not None:
         line.report(
             token.col,
             f"expected {_DECISION_WORDS} after '*'; '*' means no conditions and cannot be "
@@ -190,67 +224,191 @@ def _after_star(tokens: list[_Token], line: _Line) -> tuple[tuple[Condition, ...
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """A condition token split at its operator, with where each part starts."""
+
+    subject: str
+    op: Operator
+    value: str
+    col: int  # the token's column
+    value_col: int
+
+    def build(
+        self, kind: ValueKind, items: tuple[str, ...] = (), matcher: object = None
+    ) -> Condition:
+        stored = self.value[1:] if kind == "list" else self.value
+        return Condition(self.subject, self.op, stored, kind, self.col, items, matcher)
+
+
 def _parse_condition(token: _Token, line: _Line) -> Condition | None:
-    """``subject=value`` or ``subject!=value``; the first ``=`` splits the token."""
-    eq = token.text.index("=")
-    negate = eq > 0 and token.text[eq - 1] == "!"
-    subject = token.text[: eq - 1] if negate else token.text[:eq]
-    value = token.text[eq + 1 :]
-    subject_ok = _check_subject(subject, token.col, line)
-    kind = _check_value(subject if subject_ok else "", value, token.col + eq + 1, line)
-    if not subject_ok or kind is None:
+    """``subject OP value``: the first operator character ends the subject."""
+    match = _CONDITION.fullmatch(token.text)
+    if match is None:  # unreachable: callers only pass tokens holding an operator
+        line.report(token.col, f"expected {_CONDITION_WORDS}, {_got(token)}")
         return None
-    stored = value[1:] if kind == "list" else value
-    return Condition(subject, negate, stored, kind, token.col)
+    op = cast(Operator, match["op"])
+    parts = _Parts(
+        match["subject"], op, match["value"], token.col, token.col + match.start("value")
+    )
+    shape = _check_subject(parts.subject, token.col, line)
+    if shape is None:
+        return None
+    if op not in _OPS_FOR[shape]:
+        allowed = " ".join(_OPS_FOR[shape])
+        line.report(
+            token.col + match.start("op"),
+            f"operator {op!r} does not apply to {parts.subject}; expected one of: {allowed}",
+        )
+        return None
+    if not parts.value:
+        line.report(parts.value_col, f"expected a value after {op!r} ({_VALUE_WORDS})")
+        return None
+    return _condition_for(shape, parts, line)
 
 
-def _check_subject(subject: str, col: int, line: _Line) -> bool:
+def _check_subject(subject: str, col: int, line: _Line) -> SubjectShape | None:
+    """What sort of value the subject yields, or None after reporting a problem."""
+    if not subject:
+        line.report(
+            col, "expected a subject (an argument name or trigger.<field>) before the operator"
+        )
+        return None
     if subject.startswith(TRIGGER_PREFIX):
-        name = subject[len(TRIGGER_PREFIX) :]
-        if name in TRIGGER_FIELDS:
-            return True
-        line.report(
-            col + len(TRIGGER_PREFIX),
-            f"unknown trigger field {_show(name)}; expected one of {', '.join(TRIGGER_FIELDS)}",
-        )
-        return False
+        return _check_trigger_field(subject[len(TRIGGER_PREFIX) :], col, line)
+    call = _CALL.fullmatch(subject)
+    if call is not None:
+        return _check_call(call, col, line)
     if _NAME.fullmatch(subject):
+        return "arg"
+    line.report(
+        col,
+        f"invalid subject {_show(subject)}; expected an argument name like 'to', "
+        "trigger.<field>, or len(arg), origin(arg), domain(arg)",
+    )
+    return None
+
+
+def _check_trigger_field(name: str, col: int, line: _Line) -> SubjectShape | None:
+    if name in _BOOL_FIELDS:
+        return "bool"
+    if name in TRIGGER_FIELDS:
+        return "channel" if name == "channel" else "text"
+    line.report(
+        col + len(TRIGGER_PREFIX),
+        f"unknown trigger field {_show(name)}; expected one of {', '.join(TRIGGER_FIELDS)}",
+    )
+    return None
+
+
+def _check_call(call: re.Match[str], col: int, line: _Line) -> SubjectShape | None:
+    function, argument = call["function"], call["argument"]
+    if function not in FUNCTIONS:
+        line.report(
+            col, f"unknown function {_show(function)}; expected one of {', '.join(FUNCTIONS)}"
+        )
+        return None
+    if not _NAME.fullmatch(argument):
+        line.report(
+            col + len(function) + 1,
+            f"expected an argument name inside {function}(), got {_show(argument)}",
+        )
+        return None
+    return FUNCTIONS[function]
+
+
+def _condition_for(shape: SubjectShape, parts: _Parts, line: _Line) -> Condition | None:
+    """Read the value the way the subject and operator need it."""
+    if parts.op in ("~", "!~"):
+        matcher = _compile_regex(parts.value, parts.value_col, line)
+        return None if matcher is None else parts.build("regex", matcher=matcher)
+    if parts.op in _NUMERIC_OPS or shape == "number":
+        if _NUMBER.fullmatch(parts.value) is None:
+            line.report(
+                parts.value_col,
+                f"expected a whole number for {parts.subject}{parts.op} (like 100 or -5), "
+                f"got {_show(parts.value)}",
+            )
+            return None
+        return parts.build("number")
+    if shape == "bool" and parts.value.lower() not in ("true", "false"):
+        line.report(
+            parts.value_col, f"expected true or false for {parts.subject}, got {_show(parts.value)}"
+        )
+        return None
+    kind, items = _value_kind(parts.value, parts.value_col, line)
+    if kind is None or not _check_enumerated(shape, parts, kind, items, line):
+        return None
+    return parts.build(kind, items)
+
+
+def _compile_regex(value: str, col: int, line: _Line) -> object | None:
+    """An RE2 pattern (linear time, no backtracking), matched whole and case-insensitively."""
+    if len(value) > MAX_REGEX:
+        line.report(col, f"regular expression is over {MAX_REGEX} characters")
+        return None
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    options.max_mem = _REGEX_MEMORY
+    try:
+        compiled: object = re2.compile(value, options)
+    except re2.error as exc:
+        line.report(col, f"invalid regular expression {_show(value)}: {exc}")
+        return None
+    return compiled
+
+
+def _check_enumerated(
+    shape: SubjectShape, parts: _Parts, kind: ValueKind, items: tuple[str, ...], line: _Line
+) -> bool:
+    """Fields with a closed set of values (channels, origins) reject anything else."""
+    choices = {"channel": _CHANNELS, "origin": ORIGINS}.get(shape)
+    if choices is None or kind == "list":
         return True
-    if subject:
-        line.report(
-            col,
-            f"invalid subject {_show(subject)}; expected an argument name like 'to' "
-            "or trigger.<field>",
-        )
-    else:
-        line.report(col, "expected a subject (an argument name or trigger.<field>) before '='")
-    return False
+    for value in items or (parts.value,):
+        if "*" not in value and value.lower() not in choices:
+            line.report(
+                parts.value_col,
+                f"unknown value {_show(value)} for {parts.subject}; expected one of "
+                f"{', '.join(sorted(choices))}",
+            )
+            return False
+    return True
 
 
-def _check_value(subject: str, value: str, col: int, line: _Line) -> ConditionKind | None:
-    """Classify the value and check it fits the subject; None after reporting a problem."""
-    if not value:
-        line.report(col, f"expected a value after '=' ({_VALUE_WORDS})")
-        return None
-    kind = _value_kind(value)
-    if kind == "list" and not _check_list(value[1:], col, line):
-        return None
-    field_name = subject[len(TRIGGER_PREFIX) :] if subject.startswith(TRIGGER_PREFIX) else ""
-    if field_name in _BOOL_FIELDS and (kind != "literal" or value.lower() not in ("true", "false")):
-        line.report(col, f"expected true or false for {subject}, got {_show(value)}")
-        return None
-    if field_name == "channel" and kind == "literal" and value.lower() not in _CHANNELS:
-        line.report(
-            col, f"unknown channel {_show(value)}; expected one of {', '.join(sorted(_CHANNELS))}"
-        )
-        return None
-    return kind
-
-
-def _value_kind(value: str) -> ConditionKind:
+def _value_kind(value: str, col: int, line: _Line) -> tuple[ValueKind | None, tuple[str, ...]]:
     if value.startswith("@"):
-        return "list"
-    return "glob" if "*" in value else "literal"
+        return ("list", ()) if _check_list(value[1:], col, line) else (None, ())
+    if value.startswith("{"):
+        items = _parse_set(value, col, line)
+        return ("set", items) if items else (None, ())
+    return ("glob" if "*" in value else "literal"), ()
+
+
+def _parse_set(value: str, col: int, line: _Line) -> tuple[str, ...]:
+    """``{a,b,c}``: literals or globs, at least one, none empty."""
+    if not value.endswith("}") or len(value) < 3:
+        line.report(col, f"expected a set like {{a,b,c}}, got {_show(value)}")
+        return ()
+    items = tuple(value[1:-1].split(","))
+    for offset, item in _item_offsets(items):
+        if not item or item.startswith("@") or "{" in item or "}" in item:
+            line.report(
+                col + 1 + offset,
+                f"expected a literal or glob in the set, got {_show(item)} "
+                "(sets cannot be empty, nested or hold @lists)",
+            )
+            return ()
+    return items
+
+
+def _item_offsets(items: tuple[str, ...]) -> list[tuple[int, str]]:
+    offsets, at = [], 0
+    for item in items:
+        offsets.append((at, item))
+        at += len(item) + 1
+    return offsets
 
 
 def _check_list(name: str, col: int, line: _Line) -> bool:
