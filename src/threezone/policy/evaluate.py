@@ -21,10 +21,11 @@ Matching rules, chosen to fail closed:
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from threezone.errors import PolicyError
@@ -45,6 +46,7 @@ ArgValue = str | int | bool
 # people, so we keep it to a readable size rather than let a long value swell it.
 MAX_REASON = 1_000
 _MAX_NEAR_MISSES = 5
+_MEMO_LIMIT = 1_024
 _TRIGGER_PREFIX = "trigger."
 _CALL = re.compile(r"(len|origin|domain)\(([a-z][a-z0-9_]*)\)")
 _INTEGER = re.compile(r"-?[0-9]{1,15}")
@@ -52,14 +54,28 @@ _ADDRESS = re.compile(r"[^\s<>@,;\"]+@([a-z0-9.-]+)")
 _HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}\.)+[a-z0-9-]{1,63}\.?")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Facts:
-    """Everything a condition can look at for one request."""
+    """Everything a condition can look at for one request, each subject worked out once.
+
+    ``seen`` caches subject -> lowercased text (or None when absent): a 100-rule policy
+    asks about the same few subjects over and over.
+    """
 
     args: Mapping[str, ArgValue]
     trigger: Trigger
     lists: Mapping[str, frozenset[str]]
     origins: Mapping[str, Origin] | None
+    seen: dict[str, str | None] = field(default_factory=dict)
+
+    def subject(self, subject: str) -> str | None:
+        seen = self.seen
+        if subject in seen:
+            return seen[subject]
+        value = _subject_value(subject, self)
+        lowered = None if value is None else value.lower()
+        seen[subject] = lowered
+        return lowered
 
 
 def evaluate(
@@ -78,16 +94,31 @@ def evaluate(
     """
     if policy.error is not None:
         return _broken_policy(policy.error)
-    wanted = action.lower()
     facts = _Facts(args, trigger, lists, origins)
-    near_misses: list[str] = []
-    for rule in policy.rules:
-        if not glob_match(rule.action, wanted):
-            continue
-        if all(_holds(c, facts) for c in rule.conditions):
+    near_misses: list[Rule] = []
+    for rule in _candidates(policy, action.lower()):
+        for condition in rule.conditions:
+            if not _holds(condition, facts):
+                near_misses.append(rule)
+                break
+        else:
             return _decided_by(rule, action)
-        near_misses.append(rule.ref)
-    return _default_deny(action, near_misses)
+    return _default_deny(action, [rule.ref for rule in near_misses[: _MAX_NEAR_MISSES + 1]])
+
+
+def _candidates(policy: Policy, action: str) -> tuple[Rule, ...]:
+    """The rules whose action pattern matches, in order; memoised per policy and action.
+
+    The memo is bounded: action names come from the planner, and a hostile one could
+    otherwise grow it without limit.
+    """
+    memo = policy.memo
+    found = memo.get(action)
+    if found is None:
+        found = tuple(rule for rule in policy.rules if glob_match(rule.action, action))
+        if len(memo) < _MEMO_LIMIT:
+            memo[action] = found
+    return found
 
 
 def could_allow(policy: Policy, action: str) -> bool:
@@ -134,35 +165,31 @@ def glob_match(pattern: str, text: str) -> bool:
 
 def _holds(condition: Condition, facts: _Facts) -> bool:
     """True only if the data is there and the test says so (see the module docstring)."""
-    actual = _subject_value(condition.subject, facts)
+    actual = facts.subject(condition.subject)
     if actual is None:
         return False
-    if condition.kind == "number":
+    kind = condition.kind
+    if kind == "literal":
+        matched = actual == condition.folded
+    elif kind == "list":
+        members = facts.lists.get(condition.value)
+        if members is None:
+            return False
+        matched = actual in members
+    elif kind == "glob":
+        matched = glob_match(condition.folded, actual)
+    elif kind == "set":
+        matched = any(_text_matches(item, actual) for item in condition.folded_items)
+    elif kind == "regex":
+        matched = condition.matcher.fullmatch(actual) is not None
+    else:
         return _compare_number(condition, actual)
-    matched = _value_matches(condition, actual.lower(), facts.lists)
-    if matched is None:
-        return False
     return matched != condition.negate
 
 
-def _value_matches(
-    condition: Condition, actual: str, lists: Mapping[str, frozenset[str]]
-) -> bool | None:
-    """Whether ``actual`` (lowercased) matches; None when the named list does not exist."""
-    if condition.kind == "list":
-        members = lists.get(condition.value)
-        return None if members is None else actual in members
-    if condition.kind == "set":
-        return any(_text_matches(item, actual) for item in condition.items)
-    if condition.kind == "regex":
-        return condition.matcher.fullmatch(actual) is not None
-    return _text_matches(condition.value, actual)
-
-
 def _text_matches(expected: str, actual: str) -> bool:
-    if "*" in expected:
-        return glob_match(expected.lower(), actual)
-    return actual == expected.lower()
+    """Both sides already lowercased."""
+    return glob_match(expected, actual) if "*" in expected else actual == expected
 
 
 def _compare_number(condition: Condition, actual: str) -> bool:
@@ -186,16 +213,22 @@ _NUMBER_TESTS: Mapping[str, Callable[[int, int], bool]] = {
 def _subject_value(subject: str, facts: _Facts) -> str | None:
     if subject.startswith(_TRIGGER_PREFIX):
         return _trigger_value(subject[len(_TRIGGER_PREFIX) :], facts.trigger)
-    call = _CALL.fullmatch(subject)
-    if call is None:
-        return _render(facts.args[subject]) if subject in facts.args else None
-    function, name = call[1], call[2]
+    function, name = _split_call(subject)
+    if not function:
+        return _render(facts.args[name]) if name in facts.args else None
     if function == "origin":
         return facts.origins.get(name) if facts.origins is not None else None
     text = _render(facts.args[name]) if name in facts.args else None
     if text is None:
         return None
     return str(len(text)) if function == "len" else domain_of(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_call(subject: str) -> tuple[str, str]:
+    """``len(body)`` -> ``("len", "body")``; a plain argument name -> ``("", name)``."""
+    call = _CALL.fullmatch(subject)
+    return ("", subject) if call is None else (call[1], call[2])
 
 
 def domain_of(value: str) -> str | None:

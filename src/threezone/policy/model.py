@@ -55,10 +55,15 @@ class Condition:
     col: int
     items: tuple[str, ...] = ()
     matcher: Any = field(default=None, compare=False, hash=False, repr=False)
+    # Derived once here, because the evaluator asks for them on every request.
+    negate: bool = field(init=False, compare=False, repr=False)
+    folded: str = field(init=False, compare=False, repr=False)
+    folded_items: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def negate(self) -> bool:
-        return self.op in ("!=", "!~")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "negate", self.op in ("!=", "!~"))
+        object.__setattr__(self, "folded", self.value.lower())
+        object.__setattr__(self, "folded_items", tuple(item.lower() for item in self.items))
 
     @property
     def text(self) -> str:
@@ -91,6 +96,10 @@ class Policy:
 
     rules: tuple[Rule, ...]
     error: PolicyError | None = None
+    # The evaluator's per-action memo of candidate rules (never part of equality).
+    memo: dict[str, tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def deny_all(cls, error: PolicyError) -> Policy:
