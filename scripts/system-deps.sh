@@ -13,6 +13,12 @@ fi
 command -v bwrap >/dev/null || needed+=(bubblewrap)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || needed+=(libseccomp2)
 
+# Optional: nftables, for the kernel-level egress fence (docs/egress.md) and its test.
+# Installed when we can (root with apt-get); never required.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && ! command -v nft >/dev/null; then
+  needed+=(nftables)
+fi
+
 [ ${#needed[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
