@@ -10,28 +10,76 @@ plain sight, because hiding an instruction from the human has no innocent readin
 Reasons quote at most :data:`MAX_QUOTE` characters of the matched text: enough to
 find it, too little to carry a payload into whatever displays the reasons.
 
+Rules run on a *view* of the text made for detection only (:func:`detection_view`):
+full NFKC, accents stripped, Latin lookalikes from other scripts folded to Latin, and
+the characters :func:`~threezone.sanitize.text.clean_text` used to neutralize chat
+tokens mapped back, so "ignore previous instructions" written with Cyrillic letters and
+a neutralized ``<|im_start|>`` match the same rules as their ASCII forms. Encoded runs
+(base64, hex, percent-encoding, UTF-7, and the text's rot13) are decoded
+(:mod:`threezone.sanitize.encoded`) and run through the rules as well; a Latin word
+disguised with lookalike letters is evidence of its own
+(:mod:`threezone.sanitize.confusables`).
+
 An ML classifier plugs in as another :class:`Detector`; :func:`combine` merges its
-findings with the rules'.
+findings with the rules' (see docs/detector.md).
 """
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from threezone.sanitize.confusables import mixed_script_words, skeleton
+from threezone.sanitize.encoded import Decoded, decoded_texts
 from threezone.sanitize.html import HiddenText
+from threezone.sanitize.rules import (
+    CONTEXT_BEFORE,
+    DEFAULT_RULES,
+    MAX_MATCHES_PER_RULE,
+    Prefilter,
+    Rule,
+)
+from threezone.sanitize.text import NEUTRAL_COLON, clean_text
+
+__all__ = [
+    "CONTEXT_BEFORE",
+    "DEFAULT_RULES",
+    "FLAG_THRESHOLD",
+    "MAX_MATCHES_PER_RULE",
+    "MAX_QUOTE",
+    "Detector",
+    "DetectorInput",
+    "Finding",
+    "Rule",
+    "RuleDetector",
+    "Verdict",
+    "combine",
+    "detect",
+    "detect_text",
+    "detection_view",
+    "quote",
+]
 
 FLAG_THRESHOLD = 0.5
 MAX_QUOTE = 60
 MAX_FINDINGS = 32
-MAX_MATCHES_PER_RULE = 50
-CONTEXT_BEFORE = 25
 MAX_HIDDEN_SCAN = 200_000  # characters of hidden text examined; bounds the detector's time
 HIDDEN_WEIGHT = 0.9
 SMUGGLED_WEIGHT = 0.6
 HIDDEN_PRESENCE_WEIGHT = 0.05
+ENCODED_WEIGHT = 0.8  # an instruction someone encoded has no innocent reading
+ENCODED_TEXT_WEIGHT = 0.15  # readable text in base64 or hex, no rule hit: a faint signal
+ROT13_MIN_RULE_WEIGHT = 0.45  # rot13 of ordinary text must not trip the weak rules
+LOOKALIKE_WEIGHT = 0.5
+MAX_VIEW_CHARS = 1_000_000
+
+# clean_text's neutralizing characters, mapped back so the token rules still match
+_UNNEUTRAL = str.maketrans(
+    {"\u2039": "<", "\u203a": ">", "\u00a6": "|", "\u27e6": "[", "\u27e7": "]", NEUTRAL_COLON: ":"}
+    | {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}  # typographic quotes
+)
 
 
 @dataclass(frozen=True)
@@ -68,187 +116,53 @@ class Detector(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A pattern, how much a match counts, and what to tell a person when it matches.
-
-    ``unless`` is checked against the match plus :data:`CONTEXT_BEFORE` characters
-    before it; when it matches, that occurrence does not count. It is how "never share
-    your password" (every bank's footer) stays apart from "share your password".
-    """
-
-    name: str
-    pattern: re.Pattern[str]
-    weight: float
-    reason: str
-    unless: re.Pattern[str] | None = None
-
-    def first_match(self, text: str) -> re.Match[str] | None:
-        """The first occurrence that ``unless`` does not excuse (looking at a bounded number)."""
-        for count, match in enumerate(self.pattern.finditer(text)):
-            if count >= MAX_MATCHES_PER_RULE:
-                return None
-            window = text[max(0, match.start() - CONTEXT_BEFORE) : match.end()]
-            if self.unless is None or self.unless.search(window) is None:
-                return match
-        return None
-
-
-def _rule(name: str, weight: float, reason: str, pattern: str, unless: str = "") -> Rule:
-    # Line-anchored patterns use [ \t]*, never \s*: with MULTILINE, \s* would rescan a
-    # run of newlines from every line start, which is quadratic on hostile input.
-    flags = re.IGNORECASE | re.MULTILINE
-    excuse = re.compile(unless, flags) if unless else None
-    return Rule(name, re.compile(pattern, flags), weight, reason, excuse)
-
-
-_GAP = r"[^.\n]{0,60}?"
-_SECRETS = (
-    r"(?:api[\s_-]?keys?|passwords?|passwd|pass\s?phrases?|credentials?|secrets?"
-    r"|(?:access|auth|bearer|session|api|refresh)[\s_-]?tokens?|private[\s_-]keys?"
-    r"|ssh[\s_-]keys?|recovery\s+codes?|seed\s+phrases?|2fa\s+codes?|one[\s-]time\s+codes?)"
-)
-_MAIL = r"(?:e-?mails?|messages?|inbox|mailbox|correspondence|conversations?|threads?|chats?)\b"
-_OWNER = r"(?:(?:the|your|my|their|his|her|our)\s+)?"
-_SEND = r"\b(?:forward|send|e-?mail|copy|bcc|export|dump|upload)\b[^.\n]{0,30}?\b"
-_NEGATED = r"\b(?:not|never|no\s+one|nobody)\b|n't\b"
-
-DEFAULT_RULES: tuple[Rule, ...] = (
-    _rule(
-        "ignore_instructions",
-        0.8,
-        "tells the reader to ignore earlier instructions",
-        r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}?"
-        r"\b(?:previous|prior|above|earlier|preceding|former|original|existing|your|system|all)"
-        r"\s+(?:\w+\s+)?(?:instructions?|prompts?|directives?|directions|rules|guidelines"
-        r"|guardrails|programming|context)\b",
-        # "please disregard my previous instructions about the delivery" is a person
-        unless=r"\b(?:my|our)\s+(?:\w+\s+)?(?:previous|prior|earlier|former|original)\b",
-    ),
-    _rule(
-        "role_override",
-        0.6,
-        "tries to give the reader a new identity",
-        r"\byou\s+are\s+(?:now|no\s+longer)\s+(?:an?\s+|in\s+)?(?:unrestricted|unfiltered"
-        r"|jailbroken|dan\b|developer\s+mode|evil|rogue|free\s+(?:from|of)|bound|restricted"
-        r"|an?\s+(?:ai|assistant|language\s+model))",
-    ),
-    _rule(
-        "system_prompt",
-        0.45,
-        "mentions the system prompt",
-        r"\b(?:system|developer)\s+(?:prompt|message|instructions)\b",
-    ),
-    _rule(
-        "reveal_prompt",
-        0.7,
-        "asks the reader to reveal its instructions",
-        r"\b(?:reveal|print|show|repeat|output|leak|dump)\s+(?:me\s+)?(?:your|the)\s+"
-        r"(?:full\s+|original\s+|initial\s+|hidden\s+)?(?:instructions|system\s+prompt|prompt)\b",
-    ),
-    _rule(
-        "exfiltrate_secrets",
-        0.75,
-        "asks to send secrets or credentials",
-        rf"\b(?:send|forward|e-?mail|mail|exfiltrate|upload|post|share|leak|paste|dump"
-        rf"|transmit|reveal|give)\b{_GAP}\b{_SECRETS}\b",
-        unless=_NEGATED,
-    ),
-    _rule(
-        "forward_recent_mail",
-        0.6,
-        "asks to send the mailbox's recent messages",
-        rf"{_SEND}(?:last|latest|previous|recent|first|past)\s+\d+\s+(?:\w+\s+)?{_MAIL}",
-        unless=_NEGATED,
-    ),
-    _rule(
-        "forward_all_mail",
-        0.45,
-        "asks to send all of the mailbox's messages",
-        rf"{_SEND}(?:all(?:\s+of)?|every|entire)\s+{_OWNER}(?:[\w']+\s+)?{_MAIL}",
-        unless=_NEGATED,
-    ),
-    _rule(
-        "conceal_from_user",
-        0.65,
-        "asks to keep the action from the owner",
-        r"\b(?:do\s+not|don'?t|never|without)\s+(?:tell|inform|notify|alert|mention|ask"
-        r"|let)\w*\s+(?:\w+\s+){0,2}(?:the\s+|your\s+)?(?:user|owner|human|operator"
-        r"|principal)\b",
-    ),
-    _rule(
-        "skip_approval",
-        0.35,
-        "asks to act without approval",
-        r"\bwithout\s+(?:asking\s+for\s+|waiting\s+for\s+|requesting\s+|any\s+)?"
-        r"(?:the\s+)?(?:user'?s?\s+|owner'?s?\s+)?(?:approval|confirmation|permission|consent)\b",
-    ),
-    _rule(
-        "chat_template_tokens",
-        0.75,
-        "contains chat-template role tokens",
-        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id"
-        r"|end_header_id)\|>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|</s>",
-    ),
-    _rule(
-        "role_header",
-        0.55,
-        "contains a fake role header",
-        r"^[ \t]*#{1,6}[ \t]*(?:system|instructions?|assistant)[ \t]*:",
-    ),
-    _rule(
-        "role_label",
-        0.3,
-        "has a line labelled like a chat role",
-        r"^[ \t]*(?:system|assistant)[ \t]*(?:prompt[ \t]*)?:[ \t]*\S",
-    ),
-    _rule(
-        "addressed_to_ai",
-        0.45,
-        "is addressed to an AI agent rather than a person",
-        r"\b(?:note|message|instructions?|attention|hey|hi|hello|dear|to|for|notice|memo)\b"
-        r"[^.\n]{0,25}?\b(?:ai|llm|gpt|automated|autonomous|virtual|email|mail)[\s-]+"
-        r"(?:assistants?|agents?|models?|bots?)\b"
-        r"|\bif\s+you\s+are\s+an?\s+(?:ai|llm|language\s+model|assistant|agent)\b"
-        r"|\b(?:as\s+an?\s+)?(?:ai|llm)\s+(?:assistant|agent)s?\s*,\s*(?:you\s+must|please|now)\b",
-    ),
-    _rule(
-        "new_instructions",
-        0.35,
-        "announces new instructions",
-        r"\b(?:new|updated|real|actual|true|additional|hidden|secret|urgent)\s+"
-        r"(?:instructions?|directives?|orders|task)\s*(?::|for\s+(?:you|the\s+(?:ai|assistant|agent)))",
-    ),
-    _rule(
-        "run_command",
-        0.45,
-        "asks to run a command or code",
-        r"\b(?:run|execute|eval)\s+(?:the\s+following|this)\s+(?:command|code|script|shell)\b"
-        r"|\bcurl\s+-|\bwget\s+https?://|\brm\s+-rf\b",
-    ),
-)
-
-
 class RuleDetector:
     """The weighted-regex detector over visible, hidden and smuggled text."""
 
-    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES) -> None:
+    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES, *, prefilter: bool = True) -> None:
         self._rules = tuple(rules)
+        self._prefilter = Prefilter(self._rules) if prefilter else None
 
     def findings(self, sample: DetectorInput) -> list[Finding]:
-        found = [Finding(r.weight, f"{r.reason}: {q}") for r, q in self._matches(sample.visible)]
+        visible_hits = self._matches(sample.visible)
+        found = [Finding(r.weight, f"{r.reason}: {q}") for r, q in visible_hits]
+        found += _lookalike_findings(sample.visible)
+        found += self._encoded_findings(sample.visible, {r.name for r, _ in visible_hits})
         found += self._hidden_findings(sample.hidden)
         found += self._smuggled_findings(sample.smuggled)
         return found
 
     def _matches(self, text: str) -> list[tuple[Rule, str]]:
-        """Each rule that matches, once, with a short quote of its first match."""
+        """Each rule that matches the detection view, once, with a short quote of its match."""
+        view = detection_view(text)
+        possible = self._prefilter.candidates(view) if self._prefilter else None
         hits = []
-        for rule in self._rules:
-            match = rule.first_match(text)
+        for position, rule in enumerate(self._rules):
+            if possible is not None and position not in possible:
+                continue
+            match = rule.first_match(view)
             if match is not None:
                 hits.append((rule, quote(match.group())))
         return hits
+
+    def _encoded_findings(self, text: str, plain_rules: set[str]) -> list[Finding]:
+        """Rule hits in what encoded runs decode to, once per (encoding, rule)."""
+        found: list[Finding] = []
+        seen: set[tuple[str, str]] = set()
+        for decoded in decoded_texts(text):
+            hits = [
+                (r, q) for r, q in self._matches(decoded.text) if _counts(decoded, r, plain_rules)
+            ]
+            for rule, _ in hits:
+                if (decoded.kind, rule.name) not in seen:
+                    seen.add((decoded.kind, rule.name))
+                    reason = f"{decoded.kind} text decodes to: {quote(decoded.text)}: {rule.reason}"
+                    found.append(Finding(max(rule.weight, ENCODED_WEIGHT), reason))
+            if not hits and decoded.kind != "rot13" and (decoded.kind, "") not in seen:
+                seen.add((decoded.kind, ""))
+                reason = f"{decoded.kind} text decodes to: {quote(decoded.text)}"
+                found.append(Finding(ENCODED_TEXT_WEIGHT, reason))
+        return found
 
     def _hidden_findings(self, hidden: Sequence[HiddenText]) -> list[Finding]:
         """Rule hits in hidden snippets, once per (technique, rule), within a scan budget."""
@@ -282,6 +196,44 @@ class RuleDetector:
         return [Finding(SMUGGLED_WEIGHT, reason), *found]
 
 
+def _counts(decoded: Decoded, rule: Rule, plain_rules: set[str]) -> bool:
+    """Whether a rule hit in decoded text is evidence (rot13 hits must be new and strong)."""
+    if decoded.kind != "rot13":
+        return True
+    return rule.name not in plain_rules and rule.weight >= ROT13_MIN_RULE_WEIGHT
+
+
+def _lookalike_findings(text: str) -> list[Finding]:
+    words = mixed_script_words(text[:MAX_VIEW_CHARS])
+    if not words:
+        return []
+    shown = ", ".join(quote(w) for w in words[:3])
+    reason = f"Latin words spelled with lookalike letters from another script: {shown}"
+    return [Finding(LOOKALIKE_WEIGHT, reason)]
+
+
+def detection_view(text: str) -> str:
+    """The text as the rules read it: for detection only, never shown to anyone.
+
+    Full NFKC (fullwidth, styled and superscript letters fold), then canonical
+    decomposition with the combining marks dropped ("ìgnörë" reads "ignore"), then
+    lookalike letters folded to Latin, then neutralized chat tokens mapped back.
+    Lengths change, so quotes come from the view, not from the original.
+    """
+    view = unicodedata.normalize("NFKC", text[:MAX_VIEW_CHARS])
+    if not view.isascii():
+        view = unicodedata.normalize("NFKD", view)
+        view = "".join(c for c in view if not unicodedata.combining(c))
+        view = skeleton(view)
+    return view.translate(_UNNEUTRAL)
+
+
+def detect_text(untrusted_text: str) -> Verdict:
+    """Clean ``untrusted_text`` as a reader would and judge what remains (one-call helper)."""
+    cleaned = clean_text(untrusted_text)
+    return detect(DetectorInput(visible=cleaned.text, smuggled=cleaned.smuggled))
+
+
 def _hidden_presence(hidden: Sequence[HiddenText]) -> list[Finding]:
     """A faint signal for hidden text as such: newsletters hide preheaders all the time."""
     techniques = sorted({h.how for h in hidden if h.how != "comment"})
@@ -303,7 +255,12 @@ def combine(findings: Iterable[Finding], threshold: float = FLAG_THRESHOLD) -> V
     return Verdict(score=score, flagged=score >= threshold, reasons=reasons)
 
 
-def detect(sample: DetectorInput, detectors: Sequence[Detector] = (RuleDetector(),)) -> Verdict:
+# One shared instance: building the RE2 prefilter set costs about 12 ms, far more than
+# checking a message, so readers must not build one per message.
+DEFAULT_DETECTOR = RuleDetector()
+
+
+def detect(sample: DetectorInput, detectors: Sequence[Detector] = (DEFAULT_DETECTOR,)) -> Verdict:
     """Run every detector on ``sample`` and combine what they found."""
     return combine(f for detector in detectors for f in detector.findings(sample))
 

@@ -7,10 +7,30 @@ those channels carry whole hidden strings ("ASCII smuggling" with tag characters
 bytes encoded as runs of variation selectors); those are decoded and handed back so
 the detector can judge them, and never returned as part of the text.
 
-NFKC folds compatibility forms (fullwidth letters, ligatures, styled maths letters)
-into plain ones, so fullwidth "ignore" (U+FF49 U+FF47 ...) and ASCII "ignore" look the
-same to the detector. It
-runs after removal, so a zero-width character cannot split a word NFKC would fold.
+Normalization is NFC plus a *chosen part* of NFKC. Full NFKC is not safe for the text a
+person and the planner read: it turns "x" + superscript two into "x2", "H" + subscript
+two + "O" into "H2O", the vulgar fraction one half into "1" + fraction slash + "2", the
+trade mark sign into "TM" and the ellipsis into "...", and rewrites Arabic ligatures
+and CJK squared forms, which changes what a message says. So only the compatibility
+forms that are pure styling of the same letters are folded: fullwidth and halfwidth
+forms, mathematical alphanumerics (bold, italic, script ...), Arabic presentation
+forms, small and no-break variants, and letter-only ligatures, circled and squared
+letters (U+FB01, U+24D0, U+1F130). Fullwidth "ignore" (U+FF49 U+FF47 ...) therefore
+becomes "ignore" in the text itself, and legitimate Cyrillic, Greek or CJK text is
+left as written. The detector applies full NFKC and a
+lookalike skeleton to its own copy (see :mod:`threezone.sanitize.detect`).
+
+Chat-template control tokens (``<|im_start|>``, ``[INST]``, ``<<SYS>>``,
+``<start_of_turn>``, ``</s>`` ...) and role labels at the start of a line ("Human:",
+"Assistant:", "### System:") are *neutralized*: their ASCII brackets, pipes and colons
+are swapped for look-alike characters that no tokenizer treats as special and NFKC does
+not fold back (``<`` -> U+2039, ``>`` -> U+203A single angle quotation marks, ``|`` ->
+U+00A6 broken bar, ``[`` / ``]`` -> U+27E6 / U+27E7 white square brackets, ``:`` ->
+U+A789 modifier letter colon). A person still sees
+what was written; the planner's model never receives a working token or a line that
+parses as a turn of its own conversation. The count is in :attr:`CleanText.role_tokens`
+and the detector flags them from the neutralized text itself, so every reader gets
+both without extra code. Neutralizing is idempotent: cleaned text cleans to itself.
 """
 
 from __future__ import annotations
@@ -18,6 +38,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Characters that render as nothing and have no business in a message shown to a model.
 # Zero-width and joiners, soft hyphen, bidi embeddings/overrides/isolates, invisible
@@ -47,18 +68,51 @@ _VS_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}")
 
 _WHITESPACE = re.compile(r"\s+")
 
+# Compatibility forms folded in the visible text (see the module docstring for why not all).
+_FOLD_ALWAYS = frozenset(
+    ("<font>", "<wide>", "<narrow>", "<small>", "<noBreak>", "<initial>", "<medial>", "<final>")
+) | {"<isolated>"}
+_FOLD_IF_LETTERS = frozenset(("<compat>", "<circle>", "<square>"))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+# Chat-template control tokens of the common model families, after folding (so fullwidth
+# and styled variants arrive here as ASCII). ``▁`` appears in DeepSeek's token names.
+CHAT_TOKEN = re.compile(
+    r"<\|[A-Za-z0-9_\u2581 .:/-]{1,40}\|>"  # <|im_start|>, <|eot_id|>, <|begin▁of▁sentence|>
+    r"|</?(?:s|bos|eos)>|<</?SYS>>"  # Llama 2, Gemma
+    r"|<(?:start|end)_of_turn>"  # Gemma
+    r"|</?(?:tool_call|tool_response|function_call)>"  # Hermes, Qwen tool turns
+    r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]",  # Mistral
+    re.IGNORECASE,
+)
+# A line that opens a conversational turn: "Human:", "### System:", "[assistant]:".
+# [ \t]* rather than \s*: with MULTILINE, \s* would rescan newline runs (quadratic).
+ROLE_LINE = re.compile(
+    r"^([ \t>]{0,8}(?:#{1,6}[ \t]{0,4})?[\[(]?(?:system(?:[ _]message)?|assistant|human|user"
+    r"|ai|model|developer|instructions?|response)[\])]?[ \t]{0,4}):",
+    re.IGNORECASE | re.MULTILINE,
+)
+_NEUTRAL = str.maketrans(
+    {"<": "\u2039", ">": "\u203a", "|": "\u00a6", "[": "\u27e6", "]": "\u27e7"}
+)
+NEUTRAL_COLON = "\ua789"
+
 
 @dataclass(frozen=True)
 class CleanText:
-    """Cleaned text, how many invisible code points went, and any decoded hidden string."""
+    """Cleaned text, how many invisible code points went, and any decoded hidden string.
+
+    ``role_tokens`` counts the chat-template tokens and role-label lines neutralized.
+    """
 
     text: str
     invisible_chars: int
     smuggled: str
+    role_tokens: int = 0
 
 
 def clean_text(untrusted_text: str) -> CleanText:
-    """Remove invisible code points, decode smuggled strings, and NFKC-normalize.
+    """Remove invisible code points, decode smuggled strings, normalize, neutralize tokens.
 
     Lone surrogates (which the stdlib email package produces for undecodable header
     bytes) become U+FFFD so the result always encodes as UTF-8.
@@ -70,11 +124,41 @@ def clean_text(untrusted_text: str) -> CleanText:
     text, tag_chars = _take_tag_runs(text, smuggled)
     text, selector_chars = _take_selector_runs(text, smuggled)
     text, removed = _INVISIBLE.subn("", text)
-    text = unicodedata.normalize("NFKC", text)
+    text = fold_compatibility(text)
     text, removed_after = _INVISIBLE.subn("", text)
+    text, role_tokens = neutralize_role_tokens(text)
     invisible = flag_chars + tag_chars + selector_chars + removed + removed_after
     hidden = _INVISIBLE.sub("", _TAG_RUN.sub("", " ".join(smuggled)))
-    return CleanText(text=text, invisible_chars=invisible, smuggled=hidden)
+    return CleanText(text=text, invisible_chars=invisible, smuggled=hidden, role_tokens=role_tokens)
+
+
+def fold_compatibility(text: str) -> str:
+    """NFC, then NFKC for the styling-only compatibility forms (module docstring says which)."""
+    text = unicodedata.normalize("NFC", text)
+    if text.isascii():
+        return text
+    return _NON_ASCII.sub(lambda m: _fold_char(m.group()), text)
+
+
+@lru_cache(maxsize=8192)
+def _fold_char(char: str) -> str:
+    decomposition = unicodedata.decomposition(char)
+    if not decomposition.startswith("<"):
+        return char
+    tag = decomposition.split(" ", 1)[0]
+    folded = unicodedata.normalize("NFKC", char)
+    if tag in _FOLD_ALWAYS:
+        return folded
+    if tag in _FOLD_IF_LETTERS and folded.isascii() and folded.isalpha():
+        return folded
+    return char
+
+
+def neutralize_role_tokens(text: str) -> tuple[str, int]:
+    """Defuse chat-template tokens and role-label lines; return the text and how many."""
+    text, tokens = CHAT_TOKEN.subn(lambda m: m.group().translate(_NEUTRAL), text)
+    text, lines = ROLE_LINE.subn(lambda m: m.group(1).translate(_NEUTRAL) + NEUTRAL_COLON, text)
+    return text, tokens + lines
 
 
 def squash(text: str) -> str:
