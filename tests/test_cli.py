@@ -187,5 +187,48 @@ def test_sanitize_jsonl_streams_one_result_per_line(tmp_path: Path) -> None:
 def test_sanitize_says_clearly_what_it_cannot_do(tmp_path: Path) -> None:
     missing = run_in(tmp_path, "sanitize", str(tmp_path / "nope.eml"))
     assert (missing.returncode, "cannot read" in missing.stderr) == (2, True)
-    other = run_in(tmp_path, "sanitize", "--channel", "telegram", "-")
-    assert (other.returncode, "only email" in other.stderr) == (2, True)
+    other = run_in(tmp_path, "sanitize", "--channel", "fax", "-")
+    assert (other.returncode, "no reader for channel 'fax'" in other.stderr) == (2, True)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_sanitize_reads_a_telegram_update_in_its_zone(tmp_path: Path) -> None:
+    import json
+
+    update = FIXTURES / "telegram" / "spoiler_injection.json"
+    result = run_in(tmp_path, "sanitize", "--channel", "telegram", str(update))
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)
+    assert (message["channel"], message["from"]) == ("telegram", "tg:5112233445 @dana_k")
+    assert message["injection"]["flagged"] is True
+    refused = run_in(
+        tmp_path, "sanitize", "--channel", "telegram", "--in-process", str(update.parent)
+    )
+    assert refused.returncode == 2  # a directory is not a file: "cannot read"
+
+
+def test_sanitize_jsonl_takes_slack_events_as_objects_or_strings(tmp_path: Path) -> None:
+    import json
+
+    event = json.loads((FIXTURES / "slack" / "bot_blocks_disagree.json").read_text())
+    edit = (FIXTURES / "slack" / "message_changed.json").read_text()
+    lines = [
+        json.dumps({"id": 1, "raw": event}),
+        json.dumps({"id": 2, "raw": edit}),
+        json.dumps({"id": 3, "raw": [1, 2]}),
+        json.dumps({"id": 4, "raw": "{not json"}),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = run_in(tmp_path, "sanitize", "--channel", "slack", "--jsonl", str(source))
+    assert result.returncode == 1, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["id"] for o in out] == [1, 2, 3, 4]
+    assert out[0]["result"]["injection"]["flagged"] is True
+    assert out[1]["result"]["body"] == "Deck moved to Tuesday"
+    assert out[2]["error"]["code"] == "bad_line"
+    assert out[3]["error"]["code"] == "malformed_input"  # refused by the reader, in its zone
+    email = run_in(tmp_path, "sanitize", "--jsonl", "--in-process", str(source))
+    assert json.loads(email.stdout.splitlines()[0])["error"]["detail"].startswith("`raw` must be")

@@ -17,7 +17,6 @@ Attachments are described (name, declared type, size), never passed on.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,29 +25,39 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 from typing import Any
-from urllib.parse import urlsplit
 
 from threezone.errors import InputTooLargeError, MalformedInputError, ReaderError
 from threezone.protocol.messages import (
     MAX_BODY,
     MAX_LINE,
     MAX_LIST,
-    MAX_REASONS,
     MAX_SHORT,
     MAX_URL,
     Attachment,
     Dropped,
-    Injection,
     Link,
     SanitizedMessage,
 )
-from threezone.sanitize.detect import DetectorInput, Finding, RuleDetector, combine
+from threezone.readers.common import (
+    attachment_findings,
+    cut_body,
+    injection,
+    novel_lines,
+    short_id,
+    tidy_lines,
+)
+from threezone.sanitize.detect import DEFAULT_DETECTOR, DetectorInput, Finding
 from threezone.sanitize.html import HiddenText, HtmlLink, html_to_text
+from threezone.sanitize.links import check_links, url_host
+from threezone.sanitize.sniff import sniff
 from threezone.sanitize.text import clean_text, squash, truncate
 
 MIB = 1024 * 1024
 ALTERNATIVE_WEIGHT = 0.3
 UNDISPLAYED_PLAIN = "text/plain alternative that is not displayed"
+ATTACHED_MESSAGE = "message/rfc822"
+
+__all__ = ["EmailLimits", "novel_lines", "read_email", "thread_ids", "url_host"]
 
 
 @dataclass(frozen=True)
@@ -163,13 +172,17 @@ def _read(untrusted_raw: bytes, message_id: str, limits: EmailLimits) -> Sanitiz
     subject = clean_text(_header_text(root, "subject"))
     body = _Body.choose(root, tree, limits)
     links, links_cut = _links(body, limits)
-    findings = RuleDetector().findings(
+    attachments = _attachments(tree, body.shown)
+    findings = DEFAULT_DETECTOR.findings(
         DetectorInput(
             visible=f"{subject.text}\n{body.text}",
             hidden=body.hidden,
             smuggled=" ".join(s for s in (subject.smuggled, body.smuggled) if s),
         )
     )
+    findings += check_links(body.text, links)
+    findings += attachment_findings(attachments)
+    thread_id, reply_to_id = thread_ids(root)
     return SanitizedMessage(
         channel="email",
         id=message_id,
@@ -177,8 +190,8 @@ def _read(untrusted_raw: bytes, message_id: str, limits: EmailLimits) -> Sanitiz
         subject=truncate(squash(subject.text), MAX_LINE),
         body=body.text,
         links=links,
-        attachments=_attachments(tree, body.shown),
-        injection=_injection([*findings, *body.findings]),
+        attachments=attachments,
+        injection=injection([*findings, *body.findings]),
         sanitized=True,
         dropped=Dropped(
             hidden_chars=body.hidden_chars,
@@ -186,6 +199,8 @@ def _read(untrusted_raw: bytes, message_id: str, limits: EmailLimits) -> Sanitiz
             parts=body.dropped_parts,
             links=links_cut,
         ),
+        thread_id=thread_id,
+        reply_to_id=reply_to_id,
     )
 
 
@@ -199,6 +214,7 @@ class _Tree:
     leaves: list[EmailMessage] = field(default_factory=list)
     attached: list[EmailMessage] = field(default_factory=list)
     sizes: dict[int, int] = field(default_factory=dict)
+    sniffed: dict[int, str] = field(default_factory=dict)
     parents: dict[int, EmailMessage] = field(default_factory=dict)
 
 
@@ -221,8 +237,10 @@ def _walk(root: EmailMessage, limits: EmailLimits) -> _Tree:
         if part.is_multipart():
             stack.extend(_children(part, depth, owner, tree))
         elif owner is None:
+            data = _decoded(part, limits)
             tree.leaves.append(part)
-            tree.sizes[id(part)] = len(_decoded(part, limits))
+            tree.sizes[id(part)] = len(data)
+            tree.sniffed[id(part)] = sniff(data)
         else:
             tree.sizes[id(owner)] += len(_decoded(part, limits))
     return tree
@@ -235,6 +253,7 @@ def _children(
         owner = part
         tree.attached.append(part)
         tree.sizes[id(part)] = 0
+        tree.sniffed[id(part)] = ATTACHED_MESSAGE
     payload = part.get_payload()
     listed = payload if isinstance(payload, list) else []
     children = [child for child in listed if isinstance(child, EmailMessage)]
@@ -306,7 +325,7 @@ class _Body:
             self.hidden_chars = rendered.hidden_chars
             self._set_aside(rendered.hidden)
         cleaned = clean_text(untrusted_text)
-        self.text = _cut_body(_tidy_lines(cleaned.text), limits.max_body_chars)
+        self.text = cut_body(tidy_lines(cleaned.text), limits.max_body_chars)
         self.invisible_chars += cleaned.invisible_chars
         self._add_smuggled(cleaned.smuggled)
 
@@ -353,51 +372,6 @@ def _plain_sibling(html_part: EmailMessage, tree: _Tree) -> EmailMessage | None:
     return plain if isinstance(plain, EmailMessage) and not plain.is_multipart() else None
 
 
-_WORD = re.compile(r"[^\W_]{3,}")
-_URL_IN_TEXT = re.compile(r"https?://\S+", re.IGNORECASE)
-
-
-def novel_lines(plain_text: str, shown_text: str, min_words: int = 3) -> list[str]:
-    """Lines of ``plain_text`` whose words are mostly absent from ``shown_text``.
-
-    Word sets rather than a diff: alternatives legitimately differ in layout, links
-    and line breaks, and a diff of two 200 KB texts is quadratic.
-    """
-    shown_words = set(_words(shown_text))
-    novel = []
-    for line in plain_text.split("\n"):
-        words = _words(line)
-        missing = [w for w in words if w not in shown_words]
-        if len(missing) >= min_words and len(missing) * 2 > len(words):
-            novel.append(line.strip())
-    return novel
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(_URL_IN_TEXT.sub(" ", text).lower())
-
-
-_BLANK_RUN = re.compile(r"\n{3,}")
-
-
-def _tidy_lines(text: str) -> str:
-    """Drop trailing spaces and runs of blank lines (a cheap way to push text out of view).
-
-    Per-line ``rstrip`` rather than a ``[ \t]+$`` regex, which is quadratic on a long
-    run of spaces that does not end a line.
-    """
-    lines = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
-    return _BLANK_RUN.sub("\n\n", lines).strip("\n")
-
-
-def _cut_body(text: str, max_chars: int) -> str:
-    """Cut an over-long body, saying so at the end (Dropped has no field for it)."""
-    if len(text) <= max_chars:
-        return text
-    marker = f"\n[threezone: body truncated, {len(text) - max_chars} more characters not shown]"
-    return text[: max(0, max_chars - len(marker))] + marker
-
-
 def _is_attachment(part: EmailMessage) -> bool:
     return (
         part.is_attachment()
@@ -408,15 +382,19 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 def _attachments(tree: _Tree, shown: set[int]) -> list[Attachment]:
     described = [leaf for leaf in tree.leaves if id(leaf) not in shown and _is_attachment(leaf)]
-    return [_describe(part, tree.sizes[id(part)]) for part in [*described, *tree.attached]]
+    return [
+        _describe(part, tree.sizes[id(part)], tree.sniffed[id(part)])
+        for part in [*described, *tree.attached]
+    ]
 
 
-def _describe(part: EmailMessage, size: int) -> Attachment:
+def _describe(part: EmailMessage, size: int, sniffed: str) -> Attachment:
     name = clean_text(part.get_filename() or "").text
     return Attachment(
         name=truncate(squash(name), MAX_SHORT),
         content_type=truncate(part.get_content_type(), MAX_SHORT),
         size=size,
+        sniffed_type=sniffed,
     )
 
 
@@ -439,6 +417,30 @@ def _raw_header(message: EmailMessage, name: str) -> str:
         if key.lower() == name:
             return str(value)
     return ""
+
+
+_MSG_ID = re.compile(r"<[^<>\s]{1,250}>")
+
+
+def thread_ids(message: EmailMessage) -> tuple[str | None, str | None]:
+    """(thread, replied-to) from Message-ID, In-Reply-To and References, as stated.
+
+    The thread is the first id in References (the conversation's root), else the
+    replied-to message, else this message itself. The raw header values are read, not
+    parsed: References grows with every reply and is all plain ``<id>`` tokens.
+    """
+    own = _first_id(_raw_header(message, "message-id"))
+    references = _MSG_ID.findall(_raw_header(message, "references")[:65_536])
+    replied = _first_id(_raw_header(message, "in-reply-to")) or (
+        references[-1] if references else None
+    )
+    root = references[0] if references else replied or own
+    return short_id(root), short_id(replied)
+
+
+def _first_id(raw_value: str) -> str | None:
+    match = _MSG_ID.search(raw_value[:4_096])
+    return match.group() if match else None
 
 
 def _sender(message: EmailMessage) -> str:
@@ -481,25 +483,3 @@ def _link_candidates(body: _Body) -> Iterator[tuple[str, str]]:
     for match in _BARE_URL.finditer(body.text):
         url = truncate(match.group().rstrip(_TRAILING), MAX_URL)
         yield truncate(url, MAX_LINE), url
-
-
-def url_host(url: str) -> str:
-    """The lowercased host of ``url`` in ASCII (IDNA) form, or "" when there is none.
-
-    Never raises: ``urlsplit`` rejects some hostile URLs and the IDNA codec some
-    labels; both are attacker-controlled, and a missing host is the honest answer.
-    """
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-    # UnicodeError (a ValueError) for an empty or over-long label: keep the Unicode form
-    with contextlib.suppress(ValueError):
-        host = host.encode("idna").decode("ascii")
-    return truncate(host.lower(), MAX_SHORT)
-
-
-def _injection(findings: list[Finding]) -> Injection:
-    verdict = combine(findings)
-    reasons = [truncate(reason, MAX_LINE) for reason in verdict.reasons[:MAX_REASONS]]
-    return Injection(flagged=verdict.flagged, score=verdict.score, reasons=reasons)

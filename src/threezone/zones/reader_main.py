@@ -1,7 +1,8 @@
 """Entry point of a reader zone: untrusted raw bytes in, a SanitizedMessage out.
 
 Runs inside the zone (no network, no credentials). Imports readers and the protocol,
-nothing from the executor.
+nothing from the executor. One zone serves every channel; the request names which
+reader to run.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from threezone.protocol.messages import Message, SanitizeRequest, SanitizeResult
-from threezone.readers.email import read_email
+from threezone.readers import read
 from threezone.zones.client import ZoneClient, parse_args
 from threezone.zones.serve import serve
 
@@ -18,10 +19,8 @@ def handle(client: ZoneClient, message: Message) -> Message | None:
     if not isinstance(message, SanitizeRequest):
         client.error(getattr(message, "id", None), "unexpected_message", type(message).__name__)
         return None
-    if message.channel != "email":
-        client.error(message.id, "unsupported_channel", f"no reader for {message.channel} yet")
-        return None
-    sanitized = read_email(message.raw, message.message_id)
+    # the channel is the executor's word (it fetched the item), not the raw bytes
+    sanitized = read(message.channel, message.raw, message.message_id)
     return SanitizeResult(id=client.next_id(), reply_to=message.id, message=sanitized)
 
 
