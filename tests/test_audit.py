@@ -622,3 +622,89 @@ def test_deferred_appends_are_synced_by_the_next_durable_one(tmp_path: Path) -> 
         log.close()  # closing syncs what was deferred
         assert fsync.call_count == base + 3
     assert verify_file(path).records == 5
+
+
+# --- scan: every break, not just the first ----------------------------------------------------
+
+
+def scan(path: Path) -> list[tuple[str, int | None]]:
+    from threezone.audit.scan import scan_lines
+
+    result = scan_lines(read_lines(path), str(path))
+    return [(finding.kind.value, finding.line) for finding in result.findings]
+
+
+def test_scan_of_an_intact_log_is_empty(log_path: Path) -> None:
+    make_log(log_path, 10)
+    assert scan(log_path) == []
+
+
+def test_scan_goes_on_after_the_first_break(log_path: Path) -> None:
+    make_log(log_path, 14)
+    lines = read_lines(log_path)
+    lines[1] = lines[1].replace(b'"n":1', b'"n":5')  # edited
+    lines[4] = b"garbage\n"  # malformed: not also a deletion of seq 4
+    lines[7], lines[8] = lines[8], lines[7]  # reordered
+    del lines[10]  # deleted
+    lines[-1] = lines[-1][:-9]  # torn
+    write_lines(log_path, lines)
+    assert scan(log_path) == [
+        ("edited", 2),
+        ("malformed", 5),
+        ("reordered", 9),
+        ("deleted", 11),
+        ("truncated-line", 13),
+    ]
+
+
+def test_scan_names_a_duplicated_line_as_reordered(log_path: Path) -> None:
+    make_log(log_path, 5)
+    lines = read_lines(log_path)
+    write_lines(log_path, [*lines[:3], lines[1], *lines[3:]])
+    assert scan(log_path) == [("reordered", 4)]
+
+
+def test_scan_never_raises_on_garbage() -> None:
+    from threezone.audit.scan import scan_lines
+
+    result = scan_lines([b"\xff\xfe\n", b"[" * 10_000 + b"\n", b"{}\n", b"x"], "mem")
+    assert [f.kind.value for f in result.findings] == [
+        "malformed",
+        "malformed",
+        "malformed",
+        "truncated-line",
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(1, 12), draw=st.data())
+def test_scan_and_verify_lines_agree(count: int, draw: st.DataObject) -> None:
+    """Whatever is done to a log, scan finds something exactly when verify_lines refuses it."""
+    from threezone.audit.scan import scan_lines
+
+    with temp_log_path() as path:
+        make_log(path, count)
+        lines = read_lines(path)
+        for _ in range(draw.draw(st.integers(1, 3), label="changes")):
+            if not lines:
+                break
+            index = draw.draw(st.integers(0, len(lines) - 1), label="index")
+            change = draw.draw(st.sampled_from(["delete", "swap", "copy", "flip", "cut"]))
+            if change == "delete":
+                del lines[index]
+            elif change == "swap":
+                lines[index], lines[-1] = lines[-1], lines[index]
+            elif change == "copy":
+                lines.insert(draw.draw(st.integers(0, len(lines)), label="at"), lines[index])
+            elif change == "flip":
+                line = bytearray(lines[index])
+                line[draw.draw(st.integers(0, len(line) - 1), label="byte")] ^= 0x20
+                lines[index] = bytes(line)
+            else:
+                lines = lines[:index]
+        try:
+            verify_lines(lines, "mem")
+            refused = False
+        except AuditChainBroken:
+            refused = True
+        assert bool(scan_lines(lines, "mem").findings) == refused

@@ -15,7 +15,9 @@ an escaped ``\\u0041`` for ``A``, a duplicate key): every line is exactly what
 :func:`seal` produced, or the log is broken.
 
 What the chain cannot see: removing the *last* records leaves a shorter, valid chain.
-Only a copy of the head kept elsewhere (signed checkpoints, a later issue) detects that.
+Only a copy of the head kept elsewhere detects that: the signed checkpoints of
+:mod:`threezone.audit.checkpoint`, which the chain carries as records of kind
+``"checkpoint"`` and the log also copies to a file of its own (and to an anchor).
 
 What ``data`` may hold, so that every value reads back exactly as it was written
 (no float rounding, no silent key coercion, nothing a plain JSON reader misreads):
@@ -72,12 +74,28 @@ class ChainHead:
 EMPTY_HEAD: Final = ChainHead(seq=-1, hash=GENESIS)
 
 
+CHECKPOINT_KIND: Final = "checkpoint"
+"""The kind of the records that carry a signed checkpoint of the records before them."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheckpoint:
+    """A ``"checkpoint"`` record as found in the chain (its ``data`` not yet checked)."""
+
+    line: int
+    seq: int
+    prev: str
+    ts: str
+    data: dict[str, object]
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """A chain that verified: how many records it holds and its head."""
+    """A chain that verified: how many records it holds, its head, its checkpoint records."""
 
     records: int
     head: ChainHead
+    checkpoints: tuple[ChainCheckpoint, ...] = ()
 
 
 def canonical(obj: object) -> bytes:
@@ -125,11 +143,24 @@ def verify_lines(lines: Iterable[bytes], path: str) -> VerifyReport:
     cut off passes: see the module docstring.
     """
     head = EMPTY_HEAD
+    checkpoints: list[ChainCheckpoint] = []
     rest = iter(lines)
     for lineno, line in enumerate(rest, start=1):
         where = _Where(path, lineno)
-        head = _check_link(_check_line(line, where), head, where, rest)
-    return VerifyReport(records=head.seq + 1, head=head)
+        link = _check_line(line, where)
+        head = _check_link(link, head, where, rest)
+        if link.kind == CHECKPOINT_KIND:
+            checkpoints.append(ChainCheckpoint(lineno, link.seq, link.prev, link.ts, link.data))
+    return VerifyReport(records=head.seq + 1, head=head, checkpoints=tuple(checkpoints))
+
+
+def check_line(line: bytes, path: str, lineno: int) -> Link:
+    """Check one line on its own (shape, own hash, canonical bytes), not its place.
+
+    Raises ``AuditChainBroken`` naming ``lineno``; :mod:`threezone.audit.scan` uses this
+    to go on past a bad line instead of stopping at it.
+    """
+    return _check_line(line, _Where(path, lineno))
 
 
 # --- sealing ----------------------------------------------------------------------------------
@@ -198,15 +229,18 @@ class _Where:
 
 
 @dataclass(frozen=True, slots=True)
-class _Link:
-    """The chain fields of a line that is well formed, hashes right and is canonical."""
+class Link:
+    """A line that is well formed, hashes right and is canonical: its chain fields."""
 
     seq: int
     prev: str
     hash: str
+    kind: str
+    ts: str
+    data: dict[str, object]
 
 
-def _check_line(line: bytes, where: _Where) -> _Link:
+def _check_line(line: bytes, where: _Where) -> Link:
     """Check one line on its own, without looking at its neighbours."""
     if len(line) > MAX_RECORD_BYTES:
         raise where.broken("malformed", f"line is longer than {MAX_RECORD_BYTES} bytes")
@@ -232,7 +266,7 @@ def _decode(line: bytes, where: _Where) -> dict[str, object]:
     return value
 
 
-def _check_shape(record: dict[str, object], where: _Where) -> _Link:
+def _check_shape(record: dict[str, object], where: _Where) -> Link:
     """Refuse any record :func:`seal` could not have produced, field by field."""
     if record.keys() != _FIELDS:
         got = ", ".join(sorted(record))
@@ -252,13 +286,14 @@ def _check_shape(record: dict[str, object], where: _Where) -> _Link:
         _plain_mapping(data, "data", 1)
     except ValueError as exc:
         raise where.broken("malformed", str(exc)) from None
-    return _Link(seq=seq, prev=prev, hash=digest)
+    kind, ts = str(record["kind"]), str(record["ts"])
+    return Link(seq=seq, prev=prev, hash=digest, kind=kind, ts=ts, data=data)
 
 
 # --- verifying the chain ----------------------------------------------------------------------
 
 
-def _check_link(link: _Link, head: ChainHead, where: _Where, rest: Iterator[bytes]) -> ChainHead:
+def _check_link(link: Link, head: ChainHead, where: _Where, rest: Iterator[bytes]) -> ChainHead:
     """Check that ``link`` follows ``head``; return the new head."""
     expected = head.seq + 1
     if link.seq < expected:
