@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import audit_append
 import pipeline_overhead
+import policy_decision
 import protocol_codec
+import readers
 import zones
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,10 +41,12 @@ def main() -> None:
     runs: dict[str, Callable[[], dict[str, float]]] = {
         "protocol_codec": lambda: protocol_codec.measure(2_000 if args.quick else 20_000),
         "audit_append": lambda: audit_append.measure(200 if args.quick else 2_000),
+        "policy_decision": lambda: policy_decision.measure(2_000 if args.quick else 20_000),
         "pipeline_sandbox": lambda: pipeline_overhead.measure(100 if args.quick else 1_000),
         "pipeline_unsafe": lambda: pipeline_overhead.measure(
             100 if args.quick else 1_000, "unsafe-process"
         ),
+        "readers": lambda: readers.measure(100 if args.quick else 600),
         "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
     }
     results: dict[str, object] = {"machine": machine()}

@@ -27,8 +27,10 @@ def test_a_spare_replaces_a_crashed_zone_at_once(backend_name: str) -> None:
     async def scenario() -> tuple[list[int | None], int]:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "run").mkdir(mode=0o700)
-            spec = ZoneSpec(name="spare", role="reader", module=faulty_zone.MODULE,
-                            socket_path=Path(tmp) / "run" / "r" / "zone.sock")  # fmt: skip
+            socket = Path(tmp) / "run" / "r" / "zone.sock"
+            spec = ZoneSpec(
+                name="spare", role="reader", module=faulty_zone.MODULE, socket_path=socket
+            )
             zone = Zone(spec, backend, ZoneSettings(spare=True, restart_backoff=(0.0,)))
             await zone.listen()
             try:

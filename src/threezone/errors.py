@@ -20,7 +20,13 @@
     │   ├── ZoneTimeoutError              the zone missed a deadline and was killed
     │   └── ZoneReplyError                the zone answered with the wrong message or an error
     ├── BackendError                      an isolation backend cannot run here
-    └── InboxError                        the durable inbox refused an operation
+    ├── InboxError                        the durable inbox refused an operation
+    ├── SecretsError                      the secrets file or its key cannot be used (fix)
+    │   └── UnknownSecretError            no secret of that name is loaded
+    ├── EgressError                       the executor could not reach a destination
+    │   ├── EgressDenied                  the allowlist or the address rules refused it
+    │   └── EgressUnresolvable            its name did not resolve, or no address answered
+    └── ApprovalError                     an approval could not be queued, found or decided
 
 Errors carry fields and render once, in ``__str__``; nobody parses a message.
 """
@@ -223,3 +229,71 @@ class InboxError(ThreezoneError):
 
     def __str__(self) -> str:
         return self.detail
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+class SecretsError(ThreezoneError):
+    """The secrets file or its age key cannot be used; ``fix`` says what would help.
+
+    Never carries a secret value: only paths, names and what went wrong.
+    """
+
+    def __init__(self, path: str, detail: str, fix: str = "") -> None:
+        super().__init__(path, detail, fix)
+        self.path = path
+        self.detail = detail
+        self.fix = fix
+
+    def __str__(self) -> str:
+        tail = f" (fix: {self.fix})" if self.fix else ""
+        return f"{self.path}: {self.detail}{tail}"
+
+
+class UnknownSecretError(SecretsError):
+    """A connector asked for a secret name the store does not hold."""
+
+    def __init__(self, path: str, name: str) -> None:
+        super().__init__(path, f"no secret named {name!r}", f"threezone secrets set {name}")
+        self.name = name
+
+
+# --- egress -----------------------------------------------------------------------------------
+
+
+class EgressError(ThreezoneError):
+    """The executor could not reach ``host:port`` for ``connector``; ``reason`` says why."""
+
+    def __init__(self, connector: str, host: str, port: int, reason: str) -> None:
+        super().__init__(connector, host, port, reason)
+        self.connector = connector
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"egress {self.connector} -> {self.host[:253]}:{self.port}: {self.reason}"
+
+
+class EgressDenied(EgressError):
+    """The allowlist or the address rules refused the destination (a refusal to audit)."""
+
+
+class EgressUnresolvable(EgressError):
+    """The destination's name did not resolve or no pinned address answered (retryable)."""
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+class ApprovalError(ThreezoneError):
+    """An approval could not be queued, found or decided; ``detail`` says why."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"

@@ -9,11 +9,11 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from threezone.audit.log import verify_file
+from threezone.audit.verify import verify_log
 from threezone.backends import get_backend
 from threezone.config.load import load_config
 from threezone.demo import build_workspace
-from threezone.errors import AuditChainBroken
+from threezone.errors import AuditError
 from threezone.executor.core import Outcome, run_once
 
 ATTACKER_HOSTS = ("evil.example", "outside-payments.example")
@@ -96,11 +96,17 @@ def _summary(console: Console, workspace: Path, outcomes: list[Outcome]) -> bool
     ]
     audit_path = workspace / "state" / "audit.jsonl"
     try:
-        report = verify_file(audit_path)
-        audit_line = f"[green]verified[/]: {report.records} hash-chained records"
-        audit_ok = True
-    except AuditChainBroken as exc:
-        audit_line, audit_ok = f"[red]BROKEN[/]: {exc}", False
+        report = verify_log(audit_path)
+    except AuditError as exc:
+        audit_line, audit_ok = f"[red]UNREADABLE[/]: {exc}", False
+    else:
+        audit_ok = report.clean
+        audit_line = (
+            f"[green]verified[/]: {report.lines} hash-chained records, "
+            f"{report.checkpoints} signed checkpoint(s)"
+            if audit_ok
+            else f"[red]BROKEN[/]: {report.findings[0]}"
+        )
     sent = sorted((workspace / "outbox").rglob("*.eml"))
     console.print(f"\nAudit log {audit_path.name}: {audit_line}")
     for zone in _zone_starts(audit_path):

@@ -13,7 +13,11 @@ import msgspec
 import typer
 from rich.console import Console
 
-from threezone.errors import AuditChainBroken, ThreezoneError
+from threezone.cli.approvals_cmd import approvals_app
+from threezone.cli.common import ConfigOption
+from threezone.cli.redteam_cmd import redteam
+from threezone.cli.secrets_cmd import secrets_app
+from threezone.errors import ThreezoneError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the audit log.")
@@ -22,9 +26,12 @@ sandbox_app = typer.Typer(no_args_is_help=True, help="Use a zone's isolation dir
 app.add_typer(sandbox_app, name="sandbox")
 policy_app = typer.Typer(no_args_is_help=True, help="Check a policy, or ask it a question.")
 app.add_typer(policy_app, name="policy")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(secrets_app, name="secrets")
+app.command()(redteam)
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_AUDIT = Path("state/audit.jsonl")
 
@@ -70,17 +77,31 @@ def demo(
 @audit_app.command("verify")
 def audit_verify(
     path: Annotated[Path, typer.Argument(help="The audit log.")] = DEFAULT_AUDIT,
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="Trusted public key (PEM; repeatable). Default: the .pub by the log."),
+    ] = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(help="An anchored checkpoint: its JSON, or a file of them (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Verify the hash chain; report the first edited, deleted or reordered record."""
-    from threezone.audit.log import verify_file
+    """Report every edited, deleted, reordered or truncated record; exit 0 only if clean."""
+    from threezone.cli.audit_cmd import verify
 
     try:
-        report = verify_file(path)
-    except AuditChainBroken as exc:
-        raise _fail(exc, 1) from exc
+        code = verify(
+            console,
+            errors,
+            path,
+            public_keys=public_key or [],
+            anchors=anchor or [],
+            as_json=as_json,
+        )
     except ThreezoneError as exc:
         raise _fail(exc) from exc
-    console.print(f"{path}: OK, {report.records} records, head {report.head.hash[:16]}")
+    raise typer.Exit(code)
 
 
 @audit_app.command("tail")
@@ -90,18 +111,13 @@ def audit_tail(
 ) -> None:
     """Show the last records (not verified: run `audit verify` for that)."""
     from threezone.audit.log import tail
+    from threezone.cli.audit_cmd import tail as print_tail
 
     try:
         records = tail(path, lines)
     except ThreezoneError as exc:
         raise _fail(exc) from exc
-    for record in records:
-        data = msgspec.json.encode(record.get("data", {})).decode()
-        console.print(
-            f"[dim]{record.get('seq')} {record.get('ts')}[/] [bold]{record.get('kind')}[/] {data}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    print_tail(console, records)
 
 
 @app.command()
@@ -145,8 +161,8 @@ def sandbox_run(
 
 @app.command()
 def sanitize(
-    path: Annotated[str, typer.Argument(help="A raw email file, or - for standard input.")],
-    channel: Annotated[str, typer.Option(help="Only email so far.")] = "email",
+    path: Annotated[str, typer.Argument(help="A raw email or event file, or - for stdin.")],
+    channel: Annotated[str, typer.Option(help="email, telegram or slack.")] = "email",
     jsonl: Annotated[
         bool, typer.Option(help='Lines of {"id", "raw"} in, one result per line out.')
     ] = False,
@@ -156,18 +172,22 @@ def sanitize(
     """Run a reader on untrusted input and print its strict JSON (exit 1 if it refused)."""
     import sys
 
-    from threezone.cli.sanitize_cmd import sanitize_one, sanitize_stream
+    from threezone.cli.sanitize_cmd import parse_channel, sanitize_one, sanitize_stream
 
-    if channel != "email":
-        raise _fail(ThreezoneError(f"no reader for channel {channel!r} yet (only email)"))
+    try:
+        chosen = parse_channel(channel)
+    except ValueError as exc:
+        raise _fail(ThreezoneError(str(exc))) from exc
     source = sys.stdin.buffer if path == "-" else None
     try:
         if jsonl:
             with source or open(path, "rb") as lines:
-                failed = asyncio.run(sanitize_stream(lines, sys.stdout, in_process, backend))
+                failed = asyncio.run(
+                    sanitize_stream(lines, sys.stdout, in_process, backend, chosen)
+                )
             raise typer.Exit(1 if failed else 0)
         data = source.read() if source else Path(path).read_bytes()
-        outcome = asyncio.run(sanitize_one(data, in_process, backend))
+        outcome = asyncio.run(sanitize_one(data, in_process, backend, chosen))
     except OSError as exc:
         raise _fail(ThreezoneError(f"cannot read {path}: {exc.strerror}")) from exc
     except ThreezoneError as exc:
@@ -176,11 +196,6 @@ def sanitize(
         errors.print(f"refused: {outcome[0]}: {outcome[1]}", highlight=False, markup=False)
         raise typer.Exit(1)
     console.print_json(msgspec.json.encode(outcome).decode())
-
-
-ConfigOption = Annotated[
-    Path, typer.Option("--config", help="threezone.toml: its [lists] and [policy] dir.")
-]
 
 
 @policy_app.command("check")
@@ -208,6 +223,12 @@ def policy_eval(  # noqa: PLR0917 - typer maps each option to one parameter
     trigger: Annotated[
         str, typer.Option(help='The trigger as JSON: {"channel": "email", "sender": ...}.')
     ] = "{}",
+    origins: Annotated[
+        str,
+        typer.Option(
+            help='Where arguments came from: {"to": "content"} (trusted|content|planner).'
+        ),
+    ] = "{}",
     directory: Annotated[Path | None, typer.Option("--dir", help="Policy directory.")] = None,
     config: ConfigOption = Path("threezone.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
@@ -216,7 +237,7 @@ def policy_eval(  # noqa: PLR0917 - typer maps each option to one parameter
     from threezone.cli.policy_cmd import decide
 
     try:
-        verdict = decide(action, args, trigger, directory, config)
+        verdict = decide(action, args, trigger, directory, config, origins=origins)
     except ThreezoneError as exc:
         raise _fail(exc) from exc
     shown = {

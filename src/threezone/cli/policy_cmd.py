@@ -8,19 +8,18 @@ from typing import TypeVar
 
 import msgspec
 
-from threezone.config.load import LoadedConfig, default_config, load_config
+from threezone.cli.common import load_config_or_default
+from threezone.config.load import LoadedConfig
 from threezone.errors import ConfigError, PolicyProblem
 from threezone.policy.evaluate import evaluate
 from threezone.policy.loader import check_policy_dir, load_policy_dir
-from threezone.policy.model import PolicyDecision
+from threezone.policy.model import Origin, PolicyDecision
 from threezone.protocol.messages import ArgValue, Trigger
 
 T = TypeVar("T")
 
 
-def _config(path: Path) -> LoadedConfig:
-    """The config when it exists; defaults (no lists) otherwise, resolved here."""
-    return load_config(path) if path.exists() else default_config(Path.cwd())
+_config = load_config_or_default
 
 
 def _directory(loaded: LoadedConfig, directory: Path | None) -> Path:
@@ -41,13 +40,20 @@ def check(directory: Path | None, config: Path) -> tuple[list[PolicyProblem], st
 
 
 def decide(
-    action: str, args: str, trigger: str, directory: Path | None, config: Path
+    action: str,
+    args: str,
+    trigger: str,
+    directory: Path | None,
+    config: Path,
+    *,
+    origins: str = "{}",
 ) -> PolicyDecision:
     loaded = _config(config)
     where = _directory(loaded, directory)
     policy = load_policy_dir(where, frozenset(loaded.config.lists), relative_to=Path.cwd())
     arguments = _json(args, dict[str, ArgValue], "--args")
-    return evaluate(policy, action, arguments, _trigger(trigger), loaded.lists)
+    found = _json(origins, dict[str, Origin], "--origins")
+    return evaluate(policy, action, arguments, _trigger(trigger), loaded.lists, origins=found)
 
 
 def _trigger(text: str) -> Trigger:

@@ -51,6 +51,54 @@ class ActionSpec:
         )
 
 
+_ADDRESS = Param("to", max_length=254)
+_SUBJECT = Param("subject", required=False, max_length=998)
+_BODY = Param("body", max_length=100_000)
+
+# Every action the executor knows: name -> (description, parameters). Connectors
+# supply how each runs; ``threezone redteam`` runs them all as dry runs.
+CATALOG: dict[str, tuple[str, tuple[Param, ...]]] = {
+    "email.send": ("Send a new email.", (_ADDRESS, _SUBJECT, _BODY)),
+    "email.reply": (
+        "Reply to the message that started this episode.",
+        (_ADDRESS, _SUBJECT, _BODY, Param("in_reply_to", required=False, max_length=256)),
+    ),
+    "email.draft": ("Save a draft for the owner.", (_ADDRESS, _SUBJECT, _BODY)),
+    "telegram.send_message": (
+        "Send a Telegram message to a chat.",
+        (
+            Param("chat", max_length=64),
+            Param("text", max_length=4_096),
+            Param("reply_to", required=False, max_length=32),
+        ),
+    ),
+    "slack.post_message": (
+        "Post a Slack message to a channel, or into a thread.",
+        (
+            Param("channel", max_length=64),
+            Param("text", max_length=40_000),
+            Param("thread_ts", required=False, max_length=32),
+        ),
+    ),
+}
+
+
+def dry_run_actions(performed: list[tuple[str, dict[str, ArgValue]]]) -> list[ActionSpec]:
+    """Every catalogued action, each only recording that it would have run."""
+
+    def runner(name: str) -> Runner:
+        async def run(args: Mapping[str, ArgValue], key: str) -> dict[str, str]:
+            performed.append((name, dict(args)))
+            return {"dry_run": "not performed", "key": key}
+
+        return run
+
+    return [
+        ActionSpec(name, description, params, runner(name))
+        for name, (description, params) in CATALOG.items()
+    ]
+
+
 def email_actions(outbox: Outbox) -> list[ActionSpec]:
     """``email.send``, ``email.reply`` and ``email.draft``, delivered to a local outbox."""
 
@@ -64,18 +112,8 @@ def email_actions(outbox: Outbox) -> list[ActionSpec]:
 
         return run
 
-    address = Param("to", max_length=254)
-    subject = Param("subject", required=False, max_length=998)
-    body = Param("body", max_length=100_000)
+    folders = {"email.send": "sent", "email.reply": "sent", "email.draft": "drafts"}
     return [
-        ActionSpec("email.send", "Send a new email.", (address, subject, body), runner("sent")),
-        ActionSpec(
-            "email.reply",
-            "Reply to the message that started this episode.",
-            (address, subject, body, Param("in_reply_to", required=False, max_length=256)),
-            runner("sent"),
-        ),
-        ActionSpec(
-            "email.draft", "Save a draft for the owner.", (address, subject, body), runner("drafts")
-        ),
+        ActionSpec(name, CATALOG[name][0], CATALOG[name][1], runner(folder))
+        for name, folder in folders.items()
     ]

@@ -18,29 +18,39 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast, get_args
 
 import msgspec
 
-from threezone.audit.log import AuditLog
+from threezone.audit import AuditLog, checkpointing_from_config
 from threezone.backends.base import Backend, Role, ZoneSpec
 from threezone.config.load import LoadedConfig
 from threezone.connectors.maildir import MaildirSource
 from threezone.connectors.outbox import Outbox
 from threezone.errors import ZoneError, ZoneStartError
+from threezone.executor import canaries
 from threezone.executor.actions import ActionSpec, email_actions
+from threezone.executor.alerts import OwnerAlerts
+from threezone.executor.approvals import Approval, ApprovalQueue
 from threezone.executor.broker import RequestHandler, Zone, ZoneRequest, ZoneSettings
 from threezone.executor.decide import Decider, DecisionRecord, EpisodeContext, to_wire
 from threezone.executor.decoys import Decoys
-from threezone.executor.inbox import Inbox, InboxItem, State
+from threezone.executor.egress import Egress
+from threezone.executor.guards import ArgumentGuard, EgressGuard, StoreGuard
+from threezone.executor.inbox import ActionStatus, Inbox, InboxItem, State
+from threezone.executor.secrets import load_secrets
 from threezone.policy.evaluate import could_allow
 from threezone.policy.loader import load_policy_dir
 from threezone.policy.model import Policy
+from threezone.policy.provenance import ProvenanceContext
 from threezone.protocol.messages import (
     ActionRequest,
+    ArgValue,
     Capability,
+    Channel,
     Episode,
     Error,
     Message,
@@ -49,9 +59,16 @@ from threezone.protocol.messages import (
     SanitizedMessage,
     SanitizeRequest,
     SanitizeResult,
+    Trigger,
 )
 
 log = logging.getLogger(__name__)
+
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+ActionPortFn = Callable[[str, Mapping[str, ArgValue]], Awaitable[DecisionRecord]]
+# An in-process planner: given the episode and a way to request actions, it returns how
+# many requests it made. Only ``threezone redteam`` uses one (its planner is scripted).
+LocalPlanner = Callable[[Episode, ActionPortFn], Awaitable[int]]
 
 READER_MODULE = "threezone.zones.reader_main"
 PLANNER_MODULE = "threezone.zones.planner_main"
@@ -76,6 +93,9 @@ class Executor:
         loaded: LoadedConfig,
         backend: Backend,
         zone_modules: Mapping[str, str] | None = None,
+        *,
+        actions: Sequence[ActionSpec] | None = None,
+        local_planner: LocalPlanner | None = None,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
@@ -83,12 +103,17 @@ class Executor:
         self.state_dir = loaded.resolve(cfg.executor.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.inbox = Inbox.open(self.state_dir / "inbox.sqlite3")
-        self.audit = AuditLog.open(self.state_dir / "audit.jsonl")
+        self.audit = AuditLog.open(
+            self.state_dir / "audit.jsonl",
+            checkpointing=checkpointing_from_config(
+                cfg.audit, state_dir=self.state_dir, resolve=loaded.resolve
+            ),
+        )
         self.policy = self._load_policy()
         email_cfg = cfg.channels.email
         if email_cfg is None:
             self.source: MaildirSource | None = None
-            actions: list[ActionSpec] = []
+            configured: list[ActionSpec] = []
         else:
             self.source = MaildirSource(
                 loaded.resolve(email_cfg.maildir),
@@ -97,18 +122,54 @@ class Executor:
                 cfg.executor.max_raw_bytes,
             )
             self.outbox = Outbox(loaded.resolve(email_cfg.outbox), email_cfg.account)
-            actions = email_actions(self.outbox)
-        self.actions = {spec.name: spec for spec in actions}
-        self.decider = Decider(self.policy, loaded.lists, self.actions, self.inbox, self.audit)
+            configured = email_actions(self.outbox)
+        self.actions = {spec.name: spec for spec in (configured if actions is None else actions)}
+        self.local_planner = local_planner
+        self.approvals = ApprovalQueue.open(self.state_dir / "approvals.sqlite3")
+        self.alerts = OwnerAlerts(self.state_dir / "alerts.jsonl", self.audit)
+        self.secrets = load_secrets(cfg.secrets, loaded.resolve) if cfg.secrets.file else None
+        self.canaries = canaries.load_or_create(self.state_dir)
+        self.egress = Egress(cfg.egress)
+        self.decider = Decider(
+            self.policy,
+            loaded.lists,
+            self.actions,
+            self.inbox,
+            self.audit,
+            guards=self._guards(),
+            approvals=self.approvals,
+            approval_ttl=cfg.approvals.ttl_seconds,
+            alerts=self.alerts,
+        )
         self._episodes: dict[str, EpisodeContext] = {}
         self._runtime = Path(tempfile.mkdtemp(prefix="threezone-run-"))  # mode 0700
         self._modules = {
-            "reader-email": READER_MODULE,
+            **{f"reader-{channel}": READER_MODULE for channel in CHANNELS},
             "planner": PLANNER_MODULE,
             **(zone_modules or {}),
         }
+        self.readers: dict[str, Zone] = {}
         self.decoys = Decoys(self.state_dir, self._alarm)
         self.zones: list[Zone] = []
+
+    def _guards(self) -> list[ArgumentGuard]:
+        guards: list[ArgumentGuard] = [
+            StoreGuard(self.canaries, "<canary>", "canary", trips=True),
+            EgressGuard(self.egress.check_argument_values),
+        ]
+        if self.secrets is not None:
+            guards.insert(1, StoreGuard(self.secrets, "<secret>", "secret", trips=False))
+        return guards
+
+    def _provenance(self, item: InboxItem, message: SanitizedMessage) -> ProvenanceContext:
+        """The episode's untrusted text, and the values the executor itself vouches for."""
+        trusted = [item.trigger.account, *(v for vs in self.loaded.lists.values() for v in vs)]
+        if item.trigger.sender_authenticated and item.trigger.sender:
+            trusted.append(item.trigger.sender)
+        untrusted = [message.body, message.subject, message.sender]
+        untrusted += [f"{link.text} {link.url}" for link in message.links]
+        untrusted += [attachment.name for attachment in message.attachments]
+        return ProvenanceContext.build(untrusted, trusted)
 
     def _load_policy(self) -> Policy:
         directory = self.loaded.resolve(self.loaded.config.policy.dir)
@@ -181,13 +242,13 @@ class Executor:
     async def start(self) -> None:
         """Check the backend, lay the decoys, open one socket per zone."""
         self.backend.check()
-        await self.decoys.start()
-        self.reader = self._zone("reader-email", "reader", ())
+        await self.decoys.start(canaries.decoy_file_text(self.canaries))
+        await self._settle_interrupted_approvals()
+        self.reader = await self._reader("email")
         kind = self.loaded.config.planner.kind
         self.planner = self._zone("planner", "planner", ("--planner", kind), self._on_zone_request)
-        self.zones = [self.reader, self.planner]
-        for zone in self.zones:
-            await zone.listen()
+        self.zones.append(self.planner)
+        await self.planner.listen()
         self.audit.append("executor_started", {"backend": self.backend.name})
 
     async def stop(self) -> None:
@@ -199,7 +260,18 @@ class Executor:
         )
         self.audit.close()
         self.inbox.close()
+        self.approvals.close()
         shutil.rmtree(self._runtime, ignore_errors=True)
+
+    async def _reader(self, channel: str) -> Zone:
+        """The channel's reader zone; one per channel, opened on first use."""
+        zone = self.readers.get(channel)
+        if zone is None:
+            zone = self._zone(f"reader-{channel}", "reader", ())
+            self.readers[channel] = zone
+            self.zones.append(zone)
+            await zone.listen()
+        return zone
 
     # --- fetching -----------------------------------------------------------------------------
 
@@ -209,20 +281,11 @@ class Executor:
             return []
         new: list[str] = []
         for item in self.source.fetch():
-            message_id, fresh = self.inbox.receive(
+            message_id, fresh = self.admit(
                 "email", item.source_ref, item.untrusted_raw, item.trigger
             )
             if fresh:
                 new.append(message_id)
-                self.audit.append(
-                    "received",
-                    {
-                        "message": message_id,
-                        "bytes": len(item.untrusted_raw),
-                        "sender": item.trigger.sender,
-                    },
-                    durable=False,  # group commit: the next durable record syncs it
-                )
                 if item.oversized:
                     self._quarantine(message_id, "input_too_large", "over executor.max_raw_bytes")
             self.source.acknowledge(item.source_ref)
@@ -250,12 +313,27 @@ class Executor:
         outcome.plan_summary = item.summary
         return outcome
 
+    def admit(
+        self, channel: Channel, source_ref: str, untrusted_raw: bytes, trigger: Trigger
+    ) -> tuple[str, bool]:
+        """Store one raw item from any source: ``(message id, True)`` if it is new."""
+        message_id, fresh = self.inbox.receive(channel, source_ref, untrusted_raw, trigger)
+        if fresh:
+            self.audit.append(
+                "received",
+                {"message": message_id, "bytes": len(untrusted_raw), "sender": trigger.sender},
+                durable=False,  # group commit: the next durable record syncs it
+            )
+        return message_id, fresh
+
     async def _sanitize(self, item: InboxItem) -> InboxItem:
-        request_id = self.reader.next_id()
+        channel = cast(Channel, item.channel)
+        reader = await self._reader(channel)
+        request_id = reader.next_id()
         request = SanitizeRequest(
-            id=request_id, channel="email", message_id=item.id, raw=self.inbox.raw(item.id)
+            id=request_id, channel=channel, message_id=item.id, raw=self.inbox.raw(item.id)
         )
-        reply = await self._ask(self.reader, request, request_id, item.id)
+        reply = await self._ask(reader, request, request_id, item.id)
         if reply is None:
             return self.inbox.get(item.id)
         if not isinstance(reply, SanitizeResult):
@@ -284,6 +362,7 @@ class Executor:
             episode_id=f"ep-{item.id}",
             message_id=item.id,
             trigger=msgspec.structs.replace(item.trigger, flagged=item.sanitized.injection.flagged),
+            provenance=self._provenance(item, item.sanitized),
         )
         episode = Episode(
             episode_id=ctx.episode_id,
@@ -294,14 +373,19 @@ class Executor:
         request_id = self.planner.next_id()
         self._episodes[ctx.episode_id] = ctx
         try:
-            reply = await self._ask(
-                self.planner, PlanRequest(id=request_id, episode=episode), request_id, item.id
-            )
+            if self.local_planner is not None:
+                reply: Message | None = await self._plan_locally(episode, ctx, request_id)
+            else:
+                reply = await self._ask(
+                    self.planner, PlanRequest(id=request_id, episode=episode), request_id, item.id
+                )
         finally:
             del self._episodes[ctx.episode_id]
             outcome.decisions = ctx.decisions
         if reply is None:
             return self.inbox.get(item.id)
+        if ctx.tripped is not None:
+            return self._quarantine(item.id, "canary_tripped", ctx.tripped.reason)
         if not isinstance(reply, PlanResult):
             return self._wrong_reply(item.id, reply, "plan_done")
         self.inbox.mark_planned(item.id, reply.summary)
@@ -316,6 +400,25 @@ class Executor:
             durable=False,  # group commit: the next durable record syncs it
         )
         return self.inbox.get(item.id)
+
+    async def _plan_locally(
+        self, episode: Episode, ctx: EpisodeContext, request_id: int
+    ) -> PlanResult:
+        """Run an in-process planner (``threezone redteam``) against the same decider."""
+        assert self.local_planner is not None
+
+        async def request_action(action: str, args: Mapping[str, ArgValue]) -> DecisionRecord:
+            wire = {"type": "action", "id": 0, "episode_id": ctx.episode_id, "action": action}
+            try:  # the same validation a request from the planner zone gets
+                request = msgspec.convert({**wire, "args": dict(args)}, ActionRequest)
+            except msgspec.ValidationError as exc:
+                refused = f"not a valid action request: {exc}"
+                return DecisionRecord(action, {}, "deny", "<schema>", "", refused, False, {})
+            return await self.decider.decide(ctx, request)
+
+        steps = await self.local_planner(episode, request_action)
+        summary = f"{steps} scripted request(s)"
+        return PlanResult(id=0, reply_to=request_id, summary=summary, steps=steps)
 
     def _capabilities(self) -> list[Capability]:
         """Only actions that some rule could allow are offered to the planner."""
@@ -351,6 +454,49 @@ class Executor:
             "quarantined", {"message": message_id, "code": code, "detail": detail[:500]}
         )
         return self.inbox.get(message_id)
+
+    # --- approvals -----------------------------------------------------------------------------
+
+    async def run_approvals(self) -> list[Approval]:
+        """Expire what is due, then run every approved action once. Returns what ran."""
+        for expired in self.approvals.expire():
+            self.audit.append("approval_expired", {"approval": expired.id, "key": expired.key})
+        done: list[Approval] = []
+        while (claimed := self.approvals.claim()) is not None:
+            done.append(await self._run_approved(claimed))
+        return done
+
+    async def _run_approved(self, entry: Approval) -> Approval:
+        if not entry.intact():
+            executed, result = False, {"error": "the stored action changed after it was queued"}
+        else:
+            executed, result = await self.decider.run_approved(entry.args, entry.action, entry.key)
+        self.approvals.finish(entry.id, executed, result)
+        self.audit.append(
+            "approved_executed" if executed else "approved_failed",
+            {
+                "approval": entry.id,
+                "key": entry.key,
+                "message": entry.message_id,
+                "action": entry.action,
+                "decided_by": entry.decided_by,
+                "result": result,
+            },
+        )
+        return self.approvals.get(entry.id)
+
+    async def _settle_interrupted_approvals(self) -> None:
+        """A crash between claiming and finishing: executed if the inbox says so, else failed.
+
+        At most once: an interrupted action is never retried by itself; the owner can ask
+        again.
+        """
+        for entry in self.approvals.interrupted():
+            record = self.inbox.action(entry.key)
+            executed = record is not None and record.status is ActionStatus.EXECUTED
+            result = record.result if record is not None and executed else {"error": "interrupted"}
+            self.approvals.finish(entry.id, executed, result)
+            self.audit.append("approval_settled", {"approval": entry.id, "executed": executed})
 
     # --- requests from the planner ------------------------------------------------------------
 
@@ -390,6 +536,7 @@ async def run_once(
     executor = Executor(loaded, backend, zone_modules)
     try:  # stop() also undoes a start() that failed half-way (decoys, sockets, locks)
         await executor.start()
+        await executor.run_approvals()
         executor.ingest()
         return await executor.process_pending()
     finally:

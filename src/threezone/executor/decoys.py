@@ -36,14 +36,21 @@ class Decoys:
         self.tcp_port: int | None = None
         self.abstract = f"threezone-decoy-{secrets.token_hex(8)}"
 
-    async def start(self) -> None:
+    async def start(self, decoy_secret: str | None = None) -> None:
+        """Open the listeners and write the decoy files.
+
+        ``decoy_secret`` is what the decoy secret file holds: the executor passes its
+        canaries, so a zone that escaped and read it trips the canary guard if it ever
+        tries to send what it found.
+        """
         tcp = await asyncio.start_server(self._touched("tcp"), "127.0.0.1", 0)
         self.tcp_port = tcp.sockets[0].getsockname()[1]
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix.bind("\0" + self.abstract)
         abstract = await asyncio.start_unix_server(self._touched("abstract unix"), sock=unix)
         self._servers = [tcp, abstract]
-        self.secret = self._write(self._state_dir / "decoy-secret", secrets.token_hex(16))
+        content = decoy_secret if decoy_secret is not None else secrets.token_hex(16)
+        self.secret = self._write(self._state_dir / "decoy-secret", content)
         fd, marker = tempfile.mkstemp(prefix="threezone-decoy-", dir="/tmp")
         os.close(fd)
         self.host_tmp = Path(marker)
