@@ -99,6 +99,13 @@ LOOKALIKES: dict[str, str] = {
     "\u0570": "h",
     "\u0578": "n",
     "\u0563": "q",
+    # Looser lookalikes, as seen in homograph hosts (lowercase IDNA labels)
+    "\u044c": "b",  # soft sign
+    "\u0433": "r",  # ghe
+    "\u043f": "n",  # pe
+    "\u03c4": "t",  # tau
+    "\u03b5": "e",  # epsilon
+    "\u03f2": "c",  # lunate sigma
     # Latin extended that passes for plain Latin
     "\u0131": "i",
     "\u0251": "a",

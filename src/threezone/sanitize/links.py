@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from threezone.protocol.messages import MAX_SHORT, Link
+from threezone.sanitize.confusables import skeleton
 from threezone.sanitize.detect import Finding, quote
 from threezone.sanitize.text import truncate
 
@@ -51,12 +52,6 @@ _COMMON_TLDS = """
     tw eu
 """
 _BARE_TLDS = frozenset(_COMMON_TLDS.split())
-# Letters of scripts other than Latin that render like Latin ones (lowercase, as in
-# IDNA hosts). Enough to read a homograph host as the host it imitates.
-_CONFUSABLE = str.maketrans(
-    "аеорсухіјѕԁԛԝӏһкьгпѵтαοριυνκχτεϲ",
-    "aeopcyxijsdqwlhkbrnvtaopiuvkxtec",
-)
 _DECEPTIVE_SCRIPTS = frozenset({"CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC"})
 
 _HOST_IN_TEXT = re.compile(
@@ -135,7 +130,7 @@ def lookalike(host: str) -> str | None:
             continue
         if "LATIN" in scripts:
             return f"mixes Latin with {'/'.join(sorted(deceptive))} letters in {quote(shown)}"
-        imitated = shown.translate(_CONFUSABLE)
+        imitated = skeleton(shown)
         if imitated.isascii():
             return f"spells {quote(imitated)} in {'/'.join(sorted(deceptive))} lookalike letters"
     return None
