@@ -21,6 +21,7 @@ from threezone.backends import get_backend
 from threezone.cli.main import app
 from threezone.config.load import LoadedConfig, load_config
 from threezone.demo import build_workspace
+from threezone.errors import SecretsError
 from threezone.executor import canaries
 from threezone.executor.alerts import OwnerAlerts
 from threezone.executor.broker import Zone
@@ -59,6 +60,13 @@ def test_a_canary_outranks_a_secret() -> None:
     hit = first_hit([secret, canary], "email.send", args)
     assert hit is not None
     assert hit.guard == "<canary>"
+
+
+def test_a_corrupt_canaries_file_is_refused_not_replaced(tmp_path: Path) -> None:
+    (tmp_path / canaries.FILE_NAME).write_text("{not json")
+    with pytest.raises(SecretsError, match="canaries file is not valid"):
+        canaries.load_or_create(tmp_path)
+    assert (tmp_path / canaries.FILE_NAME).read_text() == "{not json"
 
 
 def test_canaries_persist_privately(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from threezone.errors import SecretsError
 from threezone.executor.secrets import SecretStore
 
 FILE_NAME = "canaries.json"
@@ -42,6 +43,13 @@ def load_or_create(state_dir: Path) -> SecretStore:
     path = state_dir / FILE_NAME
     try:
         values = msgspec.json.decode(path.read_bytes(), type=dict[str, str])
+    except msgspec.DecodeError as exc:
+        # Never replaced silently: a canary that changed would no longer be recognised.
+        raise SecretsError(
+            str(path),
+            f"the canaries file is not valid: {exc}",
+            "restore it from a backup, or remove it to plant new canaries",
+        ) from exc
     except FileNotFoundError:
         values = new_values()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

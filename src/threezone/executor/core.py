@@ -246,9 +246,12 @@ class Executor:
         await self._settle_interrupted_approvals()
         self.reader = await self._reader("email")
         kind = self.loaded.config.planner.kind
-        self.planner = self._zone("planner", "planner", ("--planner", kind), self._on_zone_request)
-        self.zones.append(self.planner)
-        await self.planner.listen()
+        if self.local_planner is None:  # an in-process planner needs no zone
+            self.planner = self._zone(
+                "planner", "planner", ("--planner", kind), self._on_zone_request
+            )
+            self.zones.append(self.planner)
+            await self.planner.listen()
         self.audit.append("executor_started", {"backend": self.backend.name})
 
     async def stop(self) -> None:
@@ -370,12 +373,12 @@ class Executor:
             trigger=ctx.trigger,
             capabilities=self._capabilities(),
         )
-        request_id = self.planner.next_id()
         self._episodes[ctx.episode_id] = ctx
         try:
             if self.local_planner is not None:
-                reply: Message | None = await self._plan_locally(episode, ctx, request_id)
+                reply: Message | None = await self._plan_locally(episode, ctx, 0)
             else:
+                request_id = self.planner.next_id()
                 reply = await self._ask(
                     self.planner, PlanRequest(id=request_id, episode=episode), request_id, item.id
                 )
