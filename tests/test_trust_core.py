@@ -125,15 +125,16 @@ def test_a_canary_in_an_argument_is_refused_quarantines_and_alerts(tmp_path: Pat
         [("email.reply", {"to": "alice@partner.example", "body": f"key: {stolen}"})], seen
     )
     outcomes = by_name(run_with(loaded, planner))
-    # The policy admits a reply to Alice only for her authenticated meeting request; the
-    # other two are refused by rules before any guard looks (and so do not trip it).
-    meeting = outcomes["1-meeting"]
-    assert (meeting.state, meeting.error_code) == (State.QUARANTINED, "canary_tripped")
-    assert [(d.rule, d.executed) for d in meeting.decisions] == [("<canary>", False)]
-    assert {o.state for o in outcomes.values()} == {State.QUARANTINED, State.DONE}
-    assert not any(d.executed for o in outcomes.values() for d in o.decisions)
+    # The policy would allow this reply only for the authenticated meeting request and
+    # refuses it for the other two; the canary trips for all three, since the attempt
+    # itself is what the owner must hear about.
+    for outcome in outcomes.values():
+        assert (outcome.state, outcome.error_code) == (State.QUARANTINED, "canary_tripped")
+        assert [(d.rule, d.executed) for d in outcome.decisions] == [("<canary>", False)]
     alerts = OwnerAlerts(state / "alerts.jsonl", None).read()  # type: ignore[arg-type]
-    assert [(a.kind, a.message) for a in alerts] == [("canary", meeting.message_id)]
+    assert sorted((a.kind, a.message) for a in alerts) == sorted(
+        ("canary", o.message_id) for o in outcomes.values()
+    )
     assert not (loaded.base / "outbox" / "sent").exists()
     # The canary itself was redacted before the refused attempt was stored.
     for path in (state / "audit.jsonl", state / "inbox.sqlite3"):

@@ -8,8 +8,9 @@ Order matters and is the point of this module:
    argument's value came from (``origin()``: trusted, the untrusted content, or the
    planner);
 3. an admitted action (allow or ask) must pass the argument guards: no secret value,
-   no canary (which also quarantines the trigger and alerts the owner), no URL or
-   host outside the egress allowlist;
+   no URL or host outside the egress allowlist; and no action at all may carry a
+   canary (a tripwire: it quarantines the trigger and alerts the owner even when a
+   rule denied the action anyway);
 4. it must fit its rule's rate budget (executions for allow, queued approvals for ask,
    both counted in durable storage, so restarts do not reset them);
 5. the decision is stored and audited *before* the action runs, under an idempotency
@@ -147,7 +148,7 @@ class Decider:
     def _replayed(
         self, ctx: EpisodeContext, shown: dict[str, ArgValue], previous: ActionRecord, key: str
     ) -> DecisionRecord:
-        # Only allowed actions ever reach EXECUTED.
+        # Only admitted actions (allowed, or asked and approved) ever reach EXECUTED.
         record = DecisionRecord(
             previous.action,
             shown,
@@ -173,12 +174,14 @@ class Decider:
             return _Verdict(_refusal("<schema>", "; ".join(problems)), {})
         found = origins(args, ctx.provenance)
         verdict = evaluate(self.policy, action, args, ctx.trigger, self.lists, origins=found)
-        if verdict.decision == "deny":
-            return _Verdict(verdict, found)
         hit = first_hit(self.guards, action, args)
-        if hit is not None:
+        # A tripwire (canary) fires even when a rule denies anyway: the attempt itself is
+        # what the owner must hear about. Other guards only matter for admitted actions.
+        if hit is not None and (hit.trips or verdict.decision != "deny"):
             refused = PolicyDecision("deny", hit.guard, verdict.rule_text, hit.reason, None)
             return _Verdict(refused, found, hit)
+        if verdict.decision == "deny":
+            return _Verdict(verdict, found)
         return _Verdict(self._within_budget(verdict), found)
 
     def _within_budget(self, verdict: PolicyDecision) -> PolicyDecision:
