@@ -26,7 +26,8 @@
     ├── EgressError                       the executor could not reach a destination
     │   ├── EgressDenied                  the allowlist or the address rules refused it
     │   └── EgressUnresolvable            its name did not resolve, or no address answered
-    └── ApprovalError                     an approval could not be queued, found or decided
+    ├── ApprovalError                     an approval could not be queued, found or decided
+    └── ConnectorError                    a channel or provider failed (retryable or not)
 
 Errors carry fields and render once, in ``__str__``; nobody parses a message.
 """
@@ -297,3 +298,19 @@ class ApprovalError(ThreezoneError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.detail}"
+
+
+# --- connectors -------------------------------------------------------------------------------
+
+
+class ConnectorError(ThreezoneError):
+    """A channel or provider failed (``retryable`` says whether backing off may help)."""
+
+    def __init__(self, connector: str, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(connector, detail)
+        self.connector = connector
+        self.detail = detail
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"{self.connector}: {self.detail}"

@@ -39,18 +39,95 @@ class PolicyConfig(_Section, frozen=True):
     dir: str = "policy.d"
 
 
+Port = Annotated[int, Meta(ge=1, le=65535)]
+SecretName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+TlsMode = Literal["tls", "starttls", "insecure-plaintext"]
+
+
+class ImapConfig(_Section, frozen=True):
+    """Where mail is fetched. ``insecure-plaintext`` exists for loopback tests only."""
+
+    host: str = ""
+    port: Port = 993
+    tls: TlsMode = "tls"
+    username: str = ""
+    password_secret: SecretName = "EMAIL_PASSWORD"
+    mailbox: str = "INBOX"
+    drafts_mailbox: str = "Drafts"
+    idle: bool = True  # IMAP IDLE when the server has it; polling otherwise
+    poll_seconds: Annotated[float, Meta(ge=1, le=3600)] = 60.0
+    ca_file: str = ""  # extra trust anchor (a self-signed test server); empty: system CAs
+
+
+class SmtpConfig(_Section, frozen=True):
+    host: str = ""
+    port: Port = 465
+    tls: TlsMode = "tls"
+    username: str = ""
+    password_secret: SecretName = "EMAIL_PASSWORD"
+    ca_file: str = ""
+
+
 class EmailChannelConfig(_Section, frozen=True):
-    source: Literal["maildir"] = "maildir"
+    """``maildir`` reads a local Maildir and writes an outbox (the demo); ``imap`` uses
+    the IMAP and SMTP servers below (and IMAP APPEND for drafts)."""
+
+    source: Literal["maildir", "imap"] = "maildir"
     maildir: str = "mail"
     outbox: str = "outbox"
     account: str = "owner@localhost"
     # The authserv-id of the provider whose Authentication-Results header we trust
     # (RFC 8601). Headers naming any other server are attacker-writable and ignored.
     authserv_id: str = ""
+    imap: ImapConfig = ImapConfig()
+    smtp: SmtpConfig = SmtpConfig()
+
+
+class TelegramChannelConfig(_Section, frozen=True):
+    """The Bot API. Only updates from ``allowed_chats`` / ``allowed_users`` are read;
+    ``owner_chat`` is where approvals and alerts go (inline buttons)."""
+
+    token_secret: SecretName = "TELEGRAM_BOT_TOKEN"
+    api_base: str = "https://api.telegram.org"
+    allowed_chats: list[int] = msgspec.field(default_factory=list)
+    allowed_users: list[int] = msgspec.field(default_factory=list)
+    owner_chat: int | None = None
+    poll_timeout: Annotated[int, Meta(ge=0, le=50)] = 30
+
+
+class SlackChannelConfig(_Section, frozen=True):
+    """Socket Mode for events, the Web API for posting."""
+
+    app_token_secret: SecretName = "SLACK_APP_TOKEN"
+    bot_token_secret: SecretName = "SLACK_BOT_TOKEN"
+    api_base: str = "https://slack.com/api"
+    allowed_channels: list[str] = msgspec.field(default_factory=list)
+    allowed_users: list[str] = msgspec.field(default_factory=list)
 
 
 class ChannelsConfig(_Section, frozen=True):
     email: EmailChannelConfig | None = None
+    telegram: TelegramChannelConfig | None = None
+    slack: SlackChannelConfig | None = None
+
+
+class LlmConfig(_Section, frozen=True):
+    """The language-model provider the executor calls for the planner.
+
+    ``anthropic`` speaks the Messages API; ``openai`` the Chat Completions API (also
+    Ollama, vLLM, llama.cpp's server, LM Studio, hosted gateways). Budgets are per
+    episode and enforced by the executor.
+    """
+
+    provider: Literal["none", "anthropic", "openai"] = "none"
+    base_url: str = ""  # default: the provider's public API
+    model: str = ""
+    api_key_secret: SecretName = "LLM_API_KEY"
+    max_calls_per_episode: Annotated[int, Meta(ge=1, le=1_000)] = 12
+    max_input_tokens_per_episode: Annotated[int, Meta(ge=1, le=10_000_000)] = 200_000
+    max_output_tokens_per_episode: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
+    max_seconds_per_episode: Annotated[float, Meta(gt=0, le=3600)] = 300.0
+    request_timeout: Annotated[float, Meta(gt=0, le=600)] = 120.0
 
 
 class SecretsConfig(_Section, frozen=True):
@@ -120,3 +197,4 @@ class Config(_Section, frozen=True):
     egress: EgressConfig = EgressConfig()
     audit: AuditConfig = AuditConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    llm: LlmConfig = LlmConfig()

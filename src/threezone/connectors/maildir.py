@@ -20,22 +20,14 @@ import email.policy
 import email.utils
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from threezone.connectors.base import RawItem
 from threezone.protocol.messages import Trigger
 
 MAX_HEADER_BYTES = 64 * 1024
 _DMARC_PASS = re.compile(r"\bdmarc=pass\b.*?\bheader\.from=(?P<domain>[A-Za-z0-9.-]+)", re.I | re.S)
-
-
-@dataclass(frozen=True, slots=True)
-class RawItem:
-    source_ref: str
-    untrusted_raw: bytes
-    trigger: Trigger
-    oversized: bool = False
 
 
 class MaildirSource:

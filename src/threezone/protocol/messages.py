@@ -130,9 +130,29 @@ class Episode(_Frozen, frozen=True):
     capabilities: Annotated[list[Capability], Meta(max_length=MAX_LIST)]
 
 
+class ToolSpec(_Frozen, frozen=True):
+    """A tool the model may call; ``parameters_json`` is its JSON Schema, as JSON text."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: Line
+    parameters_json: Annotated[str, Meta(max_length=16_384)]
+
+
+class ToolCall(_Frozen, frozen=True):
+    """One call the model asked for; ``arguments_json`` is a JSON object, as text."""
+
+    id: Short
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    arguments_json: Annotated[str, Meta(max_length=MAX_BODY)]
+
+
 class ChatMessage(_Frozen, frozen=True):
-    role: Literal["system", "user", "assistant"]
+    """One turn. ``tool_calls`` on assistant turns; ``tool_call_id`` on tool results."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: Body
+    tool_calls: Annotated[list[ToolCall], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    tool_call_id: Short | None = None
 
 
 class Probe(_Frozen, frozen=True):
@@ -217,6 +237,8 @@ class LLMRequest(_Message, frozen=True, tag="llm"):
     episode_id: Short
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_LIST)]
     max_tokens: Annotated[int, Meta(ge=1, le=100_000)]
+    tools: Annotated[list[ToolSpec], Meta(max_length=64)] = msgspec.field(default_factory=list)
+    tool_choice: Literal["auto", "none", "required"] = "auto"
 
 
 class LLMResponse(_Message, frozen=True, tag="llm_result"):
@@ -226,6 +248,7 @@ class LLMResponse(_Message, frozen=True, tag="llm_result"):
     stop_reason: Short
     input_tokens: Count
     output_tokens: Count
+    tool_calls: Annotated[list[ToolCall], Meta(max_length=64)] = msgspec.field(default_factory=list)
 
 
 class Error(_Message, frozen=True, tag="error"):
