@@ -16,6 +16,7 @@ from rich.console import Console
 from threezone.cli.approvals_cmd import approvals_app
 from threezone.cli.common import ConfigOption
 from threezone.cli.redteam_cmd import redteam
+from threezone.cli.run_cmd import run, status
 from threezone.cli.secrets_cmd import secrets_app
 from threezone.errors import ThreezoneError
 
@@ -29,6 +30,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(secrets_app, name="secrets")
 app.command()(redteam)
+app.command()(run)
+app.command()(status)
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)

@@ -15,16 +15,18 @@ header block only, capped at 64 KiB, with failures meaning "not authenticated".
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import email.utils
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from threezone.connectors.base import RawItem
-from threezone.protocol.messages import Trigger
+from threezone.protocol.messages import Channel, Trigger
 
 MAX_HEADER_BYTES = 64 * 1024
 _DMARC_PASS = re.compile(r"\bdmarc=pass\b.*?\bheader\.from=(?P<domain>[A-Za-z0-9.-]+)", re.I | re.S)
@@ -97,3 +99,32 @@ def _verdict(top_result: str, address: str, authserv_id: str) -> str | None:
         return None
     domain = address.rsplit("@", 1)[1].lower()
     return address.lower() if domain == match["domain"].lower() else None
+
+
+class MaildirPoller:
+    """:class:`MaildirSource` as an async :class:`~threezone.connectors.base.Source`.
+
+    A local directory has no push notification we can rely on everywhere, so this
+    polls ``new/`` every ``interval`` seconds while nothing is waiting.
+    """
+
+    channel: Channel = "email"
+
+    def __init__(self, source: MaildirSource, interval: float = 1.0) -> None:
+        self.source = source
+        self.interval = interval
+
+    async def fetch(self, timeout: float) -> list[RawItem]:
+        deadline = time.monotonic() + timeout
+        while True:
+            items = list(self.source.fetch())
+            remaining = deadline - time.monotonic()
+            if items or remaining <= 0:
+                return items
+            await asyncio.sleep(min(self.interval, remaining))
+
+    async def acknowledge(self, source_ref: str) -> None:
+        self.source.acknowledge(source_ref)
+
+    async def close(self) -> None:
+        return None

@@ -53,6 +53,7 @@ from threezone.protocol.messages import (
     Channel,
     Episode,
     Error,
+    LLMRequest,
     Message,
     PlanRequest,
     PlanResult,
@@ -69,6 +70,8 @@ ActionPortFn = Callable[[str, Mapping[str, ArgValue]], Awaitable[DecisionRecord]
 # An in-process planner: given the episode and a way to request actions, it returns how
 # many requests it made. Only ``threezone redteam`` uses one (its planner is scripted).
 LocalPlanner = Callable[[Episode, ActionPortFn], Awaitable[int]]
+# Answers one LLMRequest from the planner zone: (request, reply id) -> LLMResponse/Error.
+LlmHandler = Callable[[LLMRequest, int], Awaitable[Message]]
 
 READER_MODULE = "threezone.zones.reader_main"
 PLANNER_MODULE = "threezone.zones.planner_main"
@@ -111,7 +114,8 @@ class Executor:
         )
         self.policy = self._load_policy()
         email_cfg = cfg.channels.email
-        if email_cfg is None:
+        if email_cfg is None or email_cfg.source != "maildir":
+            # Other sources and their actions are connectors the agent registers.
             self.source: MaildirSource | None = None
             configured: list[ActionSpec] = []
         else:
@@ -125,6 +129,9 @@ class Executor:
             configured = email_actions(self.outbox)
         self.actions = {spec.name: spec for spec in (configured if actions is None else actions)}
         self.local_planner = local_planner
+        # Answers the planner's LLMRequests (the agent sets it when a provider is
+        # configured); without it they are refused with llm_unavailable.
+        self.llm: LlmHandler | None = None
         self.approvals = ApprovalQueue.open(self.state_dir / "approvals.sqlite3")
         self.alerts = OwnerAlerts(self.state_dir / "alerts.jsonl", self.audit)
         self.secrets = load_secrets(cfg.secrets, loaded.resolve) if cfg.secrets.file else None
@@ -451,6 +458,10 @@ class Executor:
             message_id, "zone_bad_reply", f"expected {expected}, got {type(reply).__name__}"
         )
 
+    def quarantine(self, message_id: str, code: str, detail: str) -> InboxItem:
+        """Set a message aside with a typed reason (inbox and audit log)."""
+        return self._quarantine(message_id, code, detail)
+
     def _quarantine(self, message_id: str, code: str, detail: str) -> InboxItem:
         self.inbox.quarantine(message_id, code, detail)
         self.audit.append(
@@ -503,7 +514,24 @@ class Executor:
 
     # --- requests from the planner ------------------------------------------------------------
 
+    def register_actions(self, specs: Sequence[ActionSpec]) -> None:
+        """Add connector actions (SMTP, Telegram, Slack); the decider sees the same map."""
+        for spec in specs:
+            self.actions[spec.name] = spec
+
     async def _on_zone_request(self, zone: Zone, request: ZoneRequest) -> Message:
+        if not isinstance(request, ActionRequest) and request.episode_id not in self._episodes:
+            self.audit.append(
+                "refused", {"zone": zone.name, "episode": request.episode_id, "reason": "llm"}
+            )
+            return Error(
+                id=zone.next_id(),
+                reply_to=request.id,
+                code="unknown_episode",
+                detail="no open episode with that id",
+            )
+        if not isinstance(request, ActionRequest) and self.llm is not None:
+            return await self.llm(request, zone.next_id())
         if not isinstance(request, ActionRequest):
             self.audit.append("llm_refused", {"episode": request.episode_id, "zone": zone.name})
             return Error(
