@@ -151,7 +151,8 @@ def test_threezone_run_stops_on_sigterm_and_status_works(tmp_path: Path) -> None
                 if status is not None and status.processed >= 3:
                     break
             time.sleep(0.1)
-        assert status is not None and status.processed >= 3
+        assert status is not None
+        assert status.processed >= 3
         shown = subprocess.run(
             [sys.executable, "-m", "threezone.cli.main", "status", "--config", config, "--json"],
             capture_output=True,
