@@ -15,6 +15,7 @@ from rich.console import Console
 
 from threezone.cli.approvals_cmd import approvals_app
 from threezone.cli.common import ConfigOption
+from threezone.cli.init_cmd import init
 from threezone.cli.redteam_cmd import redteam
 from threezone.cli.run_cmd import run, status
 from threezone.cli.secrets_cmd import secrets_app
@@ -31,6 +32,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(secrets_app, name="secrets")
 app.command()(redteam)
 app.command()(run)
+app.command()(init)
 app.command()(status)
 
 console = Console()
