@@ -28,6 +28,7 @@
     │   └── EgressUnresolvable            its name did not resolve, or no address answered
     ├── ApprovalError                     an approval could not be queued, found or decided
     └── ConnectorError                    a channel or provider failed (retryable or not)
+        └── LlmError                      the LLM gateway failed or refused (a typed code)
 
 Errors carry fields and render once, in ``__str__``; nobody parses a message.
 """
@@ -314,3 +315,19 @@ class ConnectorError(ThreezoneError):
 
     def __str__(self) -> str:
         return f"{self.connector}: {self.detail}"
+
+
+class LlmError(ConnectorError):
+    """The LLM gateway could not answer; ``code`` is stable and crosses the wire.
+
+    Codes: ``llm_unavailable``, ``llm_rate_limited``, ``llm_budget_exhausted``,
+    ``llm_bad_response``, ``llm_bad_request``, ``llm_refused``. Never carries the API
+    key, the prompt or the provider's own error text (which may quote either).
+    """
+
+    def __init__(self, code: str, detail: str, *, retryable: bool = False) -> None:
+        super().__init__("llm", detail, retryable=retryable)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"llm: {self.code}: {self.detail}"

@@ -41,7 +41,8 @@ from threezone.executor.decoys import Decoys
 from threezone.executor.egress import Egress
 from threezone.executor.guards import ArgumentGuard, EgressGuard, StoreGuard
 from threezone.executor.inbox import ActionStatus, Inbox, InboxItem, State
-from threezone.executor.secrets import load_secrets
+from threezone.executor.llm import LlmGateway
+from threezone.executor.secrets import SecretStore, load_secrets
 from threezone.policy.evaluate import could_allow
 from threezone.policy.loader import load_policy_dir
 from threezone.policy.model import Policy
@@ -129,14 +130,17 @@ class Executor:
             configured = email_actions(self.outbox)
         self.actions = {spec.name: spec for spec in (configured if actions is None else actions)}
         self.local_planner = local_planner
-        # Answers the planner's LLMRequests (the agent sets it when a provider is
-        # configured); without it they are refused with llm_unavailable.
+        # Answers the planner's LLMRequests when a provider is configured; without it
+        # they are refused with llm_unavailable.
         self.llm: LlmHandler | None = None
         self.approvals = ApprovalQueue.open(self.state_dir / "approvals.sqlite3")
         self.alerts = OwnerAlerts(self.state_dir / "alerts.jsonl", self.audit)
         self.secrets = load_secrets(cfg.secrets, loaded.resolve) if cfg.secrets.file else None
         self.canaries = canaries.load_or_create(self.state_dir)
         self.egress = Egress(cfg.egress)
+        self.llm_gateway = LlmGateway(cfg.llm, self.secrets or SecretStore.empty(), self.egress)
+        if self.llm_gateway.enabled:
+            self.llm = self.llm_gateway.handler(self.audit.append)
         self.decider = Decider(
             self.policy,
             loaded.lists,
@@ -264,6 +268,7 @@ class Executor:
     async def stop(self) -> None:
         for zone in self.zones:
             await zone.stop()
+        await self.llm_gateway.aclose()
         await self.decoys.close()
         self.audit.append(
             "executor_stopped", {"counts": {str(k): v for k, v in self.inbox.counts().items()}}
@@ -391,6 +396,7 @@ class Executor:
                 )
         finally:
             del self._episodes[ctx.episode_id]
+            self.llm_gateway.end_episode(ctx.episode_id)
             outcome.decisions = ctx.decisions
         if reply is None:
             return self.inbox.get(item.id)

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from threezone.protocol.messages import ActionResult, ArgValue, Episode, Error
+from threezone.protocol.messages import (
+    ActionResult,
+    ArgValue,
+    ChatMessage,
+    Episode,
+    Error,
+    LLMResponse,
+    ToolSpec,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +29,20 @@ class PlanOutcome:
 
 
 class ActionPort(abc.ABC):
-    """How a planner asks for an action. The answer is the executor's, not the planner's."""
+    """How a planner asks for an action or a completion; the executor answers both."""
 
     @abc.abstractmethod
     def request_action(self, action: str, args: dict[str, ArgValue]) -> ActionResult | Error: ...
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        tools: list[ToolSpec] | None = None,
+        tool_choice: Literal["auto", "none", "required"] = "auto",
+    ) -> LLMResponse | Error:
+        """Ask the executor's LLM gateway for a completion (the zone holds no key)."""
+        return Error(id=0, reply_to=None, code="llm_unavailable", detail="no LLM on this port")
 
 
 class Planner(abc.ABC):

@@ -6,6 +6,8 @@ markers makes it fail:
 ``PLANNER-CRASH-AFTER-ACTION``  request the usual actions, then exit mid-episode;
 ``PLANNER-FOREIGN-EPISODE``     request an action for an episode that is not open,
                                 and report the executor's answer as the summary.
+``PLANNER-ASK-LLM``             ask the executor's LLM gateway about the body and
+                                report its answer (or error code) as the summary.
 
 Start it through the executor with ``zone_modules={"planner": MODULE}``.
 """
@@ -18,7 +20,7 @@ from typing import ClassVar
 
 from threezone.planner.base import ActionPort, PlanOutcome
 from threezone.planner.hijacked import HijackedPlanner
-from threezone.protocol.messages import ActionRequest, Episode
+from threezone.protocol.messages import ActionRequest, ChatMessage, Episode, LLMResponse
 from threezone.zones.client import ZoneClient, parse_args
 from threezone.zones.planner_main import ZonePort, make_handler
 from threezone.zones.serve import serve
@@ -31,6 +33,10 @@ class FaultyPlanner(HijackedPlanner):
 
     def plan(self, episode: Episode, port: ActionPort) -> PlanOutcome:
         body = episode.message.body
+        if "PLANNER-ASK-LLM" in body:
+            reply = port.complete([ChatMessage(role="user", content=body[:2000])], 64)
+            summary = f"llm: {reply.content}" if isinstance(reply, LLMResponse) else reply.code
+            return PlanOutcome(summary=summary[:1000], steps=1)
         if "PLANNER-FOREIGN-EPISODE" in body and isinstance(port, ZonePort):
             return PlanOutcome(summary=_foreign_episode(port.client), steps=1)
         outcome = super().plan(episode, port)

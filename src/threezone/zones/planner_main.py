@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal
 
 from threezone.planner.base import ActionPort, Planner
 from threezone.planner.hijacked import HijackedPlanner
@@ -15,10 +16,14 @@ from threezone.protocol.messages import (
     ActionRequest,
     ActionResult,
     ArgValue,
+    ChatMessage,
     Error,
+    LLMRequest,
+    LLMResponse,
     Message,
     PlanRequest,
     PlanResult,
+    ToolSpec,
 )
 from threezone.zones.client import ZoneClient, parse_args
 from threezone.zones.serve import Handler, serve
@@ -40,6 +45,29 @@ class ZonePort(ActionPort):
         )
         reply = self.client.call(request, request_id)
         if isinstance(reply, ActionResult | Error):
+            return reply
+        return Error(
+            id=0, reply_to=request_id, code="unexpected_reply", detail=type(reply).__name__
+        )
+
+    def complete(
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        tools: list[ToolSpec] | None = None,
+        tool_choice: Literal["auto", "none", "required"] = "auto",
+    ) -> LLMResponse | Error:
+        request_id = self.client.next_id()
+        request = LLMRequest(
+            id=request_id,
+            episode_id=self._episode_id,
+            messages=messages,
+            max_tokens=max_tokens,
+            tools=tools or [],
+            tool_choice=tool_choice,
+        )
+        reply = self.client.call(request, request_id)
+        if isinstance(reply, LLMResponse | Error):
             return reply
         return Error(
             id=0, reply_to=request_id, code="unexpected_reply", detail=type(reply).__name__
