@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +44,9 @@ CONTROL_SOCKET = "control.sock"
 MAX_RECENT = 20
 MAX_CONTROL_REQUEST = 4_096
 _PEERCRED = struct.Struct("3i")
+
+
+Hook = Callable[[], Awaitable[None]]
 
 
 class OwnerChannel(Protocol):
@@ -129,6 +132,8 @@ class Agent:
         state: ConnectorState | None = None,
         fetch_timeout: float = 30.0,
         approvals_interval: float = 5.0,
+        after_fetch: Mapping[int, Hook] | None = None,
+        closers: Sequence[Hook] = (),
     ) -> None:
         self.executor = executor
         self.sources = list(sources)
@@ -136,6 +141,10 @@ class Agent:
         self.state = state
         self.fetch_timeout = fetch_timeout
         self.approvals_interval = approvals_interval
+        # Per source (keyed by id()): work to do after each fetch, e.g. settling button
+        # presses and auditing what the connector dropped.
+        self.after_fetch = dict(after_fetch or {})
+        self.closers = list(closers)
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.status = Status(pid=os.getpid(), backend=executor.backend.name, started_at=time.time())
         self.source_status = {
@@ -175,6 +184,9 @@ class Agent:
             for src in self.sources:
                 with contextlib.suppress(Exception):
                     await src.close()
+            for closer in self.closers:
+                with contextlib.suppress(Exception):
+                    await closer()
             await self.executor.stop()
             self.control_path.unlink(missing_ok=True)
         if isinstance(failed, BaseException) and not isinstance(failed, asyncio.CancelledError):
@@ -206,6 +218,13 @@ class Agent:
             for item in items:
                 await self._store(source, item)
                 status.fetched += 1
+            hook = self.after_fetch.get(id(source))
+            if hook is not None:
+                try:
+                    await hook()
+                except ConnectorError as exc:
+                    status.last_error = str(exc)
+                    log.warning("%s", exc)
 
     async def _store(self, source: Source, item: RawItem) -> None:
         """Inbox first (durable), then acknowledge at the source, then queue."""
