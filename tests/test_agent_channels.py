@@ -14,47 +14,12 @@ from pathlib import Path
 import msgspec
 
 from threezone.backends import get_backend
-from threezone.config.load import LoadedConfig, load_config
-from threezone.config.schema import EgressConfig, EgressRule, TelegramChannelConfig
-from threezone.demo import build_workspace
 from threezone.executor.approvals import ApprovalStatus
-from threezone.executor.secrets import init_secrets, set_secret
 from threezone.executor.wiring import build_agent
-from threezone.testing.telegram_emulator import DEFAULT_TOKEN, TelegramEmulator
+from threezone.testing.telegram_emulator import TelegramEmulator
+from threezone.testing.workspaces import OWNER, STRANGER, telegram_workspace
 
-OWNER = 1111
-STRANGER = 2222
 ATTACKER_CHAT = 3333
-
-
-def telegram_workspace(tmp_path: Path, bot: TelegramEmulator) -> LoadedConfig:
-    loaded = load_config(build_workspace(tmp_path / "ws"))
-    for old in (loaded.base / "mail" / "new").iterdir():
-        old.unlink()  # only Telegram traffic here
-    config = msgspec.structs.replace(
-        loaded.config,
-        channels=msgspec.structs.replace(
-            loaded.config.channels,
-            telegram=TelegramChannelConfig(
-                api_base=bot.base_url,
-                allowed_chats=[OWNER, STRANGER],
-                allowed_users=[OWNER],
-                owner_chat=OWNER,
-                poll_timeout=1,
-            ),
-        ),
-        egress=EgressConfig(
-            allow=[EgressRule(connector="telegram", host="127.0.0.1", port=bot.port)],
-            allow_private=["127.0.0.0/8"],
-        ),
-        secrets=msgspec.structs.replace(
-            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
-        ),
-    )
-    result = LoadedConfig(config, loaded.base, loaded.path)
-    init_secrets(config.secrets, result.resolve)
-    set_secret(config.secrets, result.resolve, "TELEGRAM_BOT_TOKEN", DEFAULT_TOKEN)
-    return result
 
 
 async def wait_for(condition: object, timeout: float = 60.0) -> None:

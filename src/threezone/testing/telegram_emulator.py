@@ -620,7 +620,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up on a long poll (it is stopping): nothing to answer.
+            self.close_connection = True
 
 
 def _params(query: str, content_type: str, body: bytes) -> Json:
