@@ -13,10 +13,15 @@ fi
 command -v bwrap >/dev/null || needed+=(bubblewrap)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || needed+=(libseccomp2)
 
-# Optional: nftables, for the kernel-level egress fence (docs/egress.md) and its test.
-# Installed when we can (root with apt-get); never required.
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && ! command -v nft >/dev/null; then
-  needed+=(nftables)
+# Optional, installed when we can (root with apt-get), never required:
+# - nftables, for the kernel-level egress fence (docs/egress.md) and its test;
+# - Dovecot and Postfix, the real IMAP/SMTP servers the email tests start on loopback
+#   with throwaway configs (threezone.testing.mailserver); without them those tests skip.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  command -v nft >/dev/null || needed+=(nftables)
+  [ -x /usr/lib/dovecot/imap ] || needed+=(dovecot-imapd)
+  [ -x /usr/lib/dovecot/lmtp ] || needed+=(dovecot-lmtpd)
+  [ -x /usr/sbin/postfix ] || needed+=(postfix)
 fi
 
 [ ${#needed[@]} -eq 0 ] && exit 0

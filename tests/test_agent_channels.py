@@ -12,10 +12,17 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from threezone.backends import get_backend
+from threezone.config.load import LoadedConfig, load_config
+from threezone.config.schema import EgressConfig, EgressRule
+from threezone.demo import build_workspace
 from threezone.executor.approvals import ApprovalStatus
+from threezone.executor.egress import StaticResolver
+from threezone.executor.secrets import init_secrets, set_secret
 from threezone.executor.wiring import build_agent
+from threezone.testing import mailserver
 from threezone.testing.telegram_emulator import TelegramEmulator
 from threezone.testing.workspaces import OWNER, STRANGER, telegram_workspace
 
@@ -82,3 +89,72 @@ def test_telegram_message_to_approval_button_to_one_execution(tmp_path: Path) ->
     assert [d["chat_id"] for d in dropped] == [ATTACKER_CHAT]
     received = [r for r in audit if r["kind"] == "received"]
     assert len(received) == 1  # only the allowed chat's message entered the inbox
+
+
+# --- email over real IMAP and SMTP servers ----------------------------------------------------
+
+
+@pytest.mark.skipif(mailserver.missing() is not None, reason=str(mailserver.missing()))
+def test_mail_fetched_over_imap_is_answered_over_smtp(tmp_path: Path) -> None:
+    """Dovecot and Postfix on loopback, TLS verified against the name, the agent between."""
+    with mailserver.MailServers.start() as mail:
+        loaded = load_config(build_workspace(tmp_path / "ws"))
+        channel = mail.channel_config()  # implicit TLS for both, certificate for MAIL_HOST
+        ports = (channel.imap.port, channel.smtp.port)
+        config = msgspec.structs.replace(
+            loaded.config,
+            lists={**loaded.config.lists, "contacts": [mailserver.USER]},
+            channels=msgspec.structs.replace(loaded.config.channels, email=channel),
+            egress=EgressConfig(
+                allow=[
+                    EgressRule(connector=name, host=mailserver.MAIL_HOST, port=port)
+                    for name, port in zip(("imap", "smtp"), ports, strict=True)
+                ],
+                allow_private=["127.0.0.0/8"],
+            ),
+            secrets=msgspec.structs.replace(
+                loaded.config.secrets, file="secrets.age", identity="keys/age.key"
+            ),
+        )
+        loaded = LoadedConfig(config, loaded.base, loaded.path)
+        init_secrets(config.secrets, loaded.resolve)
+        set_secret(config.secrets, loaded.resolve, "EMAIL_PASSWORD", mail.password)
+        lunch = (
+            f"Authentication-Results: {mailserver.MAIL_HOST}; "
+            "dmarc=pass header.from=test.example\r\n"
+            f"From: {mailserver.USER}\r\nTo: {mailserver.USER}\r\nSubject: Lunch\r\n"
+            "Message-ID: <lunch-1@test.example>\r\n\r\nAre you free for lunch on Friday?\r\n"
+        )
+        mail.deliver(lunch.encode())
+        resolver = StaticResolver({mailserver.MAIL_HOST: ["127.0.0.1"]})
+
+        async def scenario() -> str:
+            agent = build_agent(
+                loaded, get_backend(loaded.config.executor.backend), resolver=resolver
+            )
+            stop = asyncio.Event()
+            runner = asyncio.create_task(agent.run(stop))
+            try:
+                await wait_for(lambda: agent.status.processed >= 1)
+                recent = agent.snapshot().recent
+                executed = [d for d in recent if d.executed]
+                assert len(executed) == 1, (recent, agent.snapshot().inbox)
+                [decision] = executed
+                assert (decision.action, decision.decision) == ("email.reply", "allow")
+            finally:
+                stop.set()
+                await runner
+            return decision.message
+
+        message_id = asyncio.run(scenario())
+        assert message_id.startswith("email:imap-")
+        # The reply went through Postfix back into the same mailbox: find it there.
+        replies: list[bytes] = []
+
+        def arrived() -> bool:
+            found = [p.read_bytes() for p in (mail.maildir / "new").iterdir()]
+            replies[:] = [raw for raw in found if b"Re: Lunch" in raw]
+            return bool(replies)
+
+        asyncio.run(wait_for(arrived))
+        assert b"In-Reply-To: <lunch-1@test.example>" in replies[0]

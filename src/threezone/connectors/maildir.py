@@ -5,31 +5,22 @@ changing it; only after the executor has stored a message durably does
 :meth:`acknowledge` move it to ``cur/`` with the Seen flag. A crash in between
 re-fetches the message, and the inbox recognises it by its Maildir key.
 
-Trusted metadata: the executor vouches only for what the provider vouched for. The
-sender counts as authenticated when the *topmost* ``Authentication-Results`` header
-comes from the configured ``authserv_id`` and reports ``dmarc=pass`` for the From
-domain. Headers further down, or from other servers, are attacker-writable and
-ignored. This is the one place the executor reads bytes of an untrusted message: the
-header block only, capped at 64 KiB, with failures meaning "not authenticated".
+Trusted metadata: the executor vouches only for what the provider vouched for, by the
+rule shared with IMAP in :mod:`threezone.connectors.mailauth` (the topmost
+``Authentication-Results`` header from the configured ``authserv_id`` must report
+``dmarc=pass`` for the From domain).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
-import email.utils
-import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 from threezone.connectors.base import RawItem
+from threezone.connectors.mailauth import email_trigger
 from threezone.protocol.messages import Channel, Trigger
-
-MAX_HEADER_BYTES = 64 * 1024
-_DMARC_PASS = re.compile(r"\bdmarc=pass\b.*?\bheader\.from=(?P<domain>[A-Za-z0-9.-]+)", re.I | re.S)
 
 
 class MaildirSource:
@@ -67,38 +58,8 @@ class MaildirSource:
         return RawItem(source_ref, data, trigger, oversized=size > self.max_raw_bytes)
 
     def trigger_for(self, untrusted_raw: bytes, size: int) -> Trigger:
-        sender = self._authenticated_sender(untrusted_raw[:MAX_HEADER_BYTES])
-        return Trigger(
-            channel="email",
-            account=self.account,
-            sender=sender,
-            sender_authenticated=sender is not None,
-            received_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            flagged=False,
-        )
-
-    def _authenticated_sender(self, untrusted_head: bytes) -> str | None:
-        if not self.authserv_id:
-            return None
-        try:
-            headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-                untrusted_head
-            )
-            results = headers.get_all("Authentication-Results") or []
-            _name, address = email.utils.parseaddr(str(headers.get("From", "")))
-        except Exception:
-            return None
-        return _verdict(str(results[0]) if results else "", address, self.authserv_id)
-
-
-def _verdict(top_result: str, address: str, authserv_id: str) -> str | None:
-    """The From address if the provider's own result says DMARC passed for its domain."""
-    server = top_result.split(";", 1)[0].strip().lower()
-    match = _DMARC_PASS.search(top_result)
-    if server != authserv_id.lower() or match is None or "@" not in address:
-        return None
-    domain = address.rsplit("@", 1)[1].lower()
-    return address.lower() if domain == match["domain"].lower() else None
+        """The trusted metadata (:func:`~threezone.connectors.mailauth.email_trigger`)."""
+        return email_trigger(untrusted_raw, account=self.account, authserv_id=self.authserv_id)
 
 
 class MaildirPoller:

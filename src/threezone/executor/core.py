@@ -38,7 +38,7 @@ from threezone.executor.approvals import Approval, ApprovalQueue
 from threezone.executor.broker import RequestHandler, Zone, ZoneRequest, ZoneSettings
 from threezone.executor.decide import Decider, DecisionRecord, EpisodeContext, to_wire
 from threezone.executor.decoys import Decoys
-from threezone.executor.egress import Egress
+from threezone.executor.egress import Egress, Resolver
 from threezone.executor.guards import ArgumentGuard, EgressGuard, StoreGuard
 from threezone.executor.inbox import ActionStatus, Inbox, InboxItem, State
 from threezone.executor.llm import LlmGateway
@@ -100,6 +100,7 @@ class Executor:
         *,
         actions: Sequence[ActionSpec] | None = None,
         local_planner: LocalPlanner | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
@@ -137,7 +138,7 @@ class Executor:
         self.alerts = OwnerAlerts(self.state_dir / "alerts.jsonl", self.audit)
         self.secrets = load_secrets(cfg.secrets, loaded.resolve) if cfg.secrets.file else None
         self.canaries = canaries.load_or_create(self.state_dir)
-        self.egress = Egress(cfg.egress)
+        self.egress = Egress(cfg.egress, resolver)  # resolver: tests pin names to loopback
         self.llm_gateway = LlmGateway(cfg.llm, self.secrets or SecretStore.empty(), self.egress)
         if self.llm_gateway.enabled:
             self.llm = self.llm_gateway.handler(self.audit.append)

@@ -14,12 +14,15 @@ from collections.abc import Awaitable, Callable
 from threezone.backends.base import Backend
 from threezone.config.load import LoadedConfig
 from threezone.connectors.base import ConnectorState, Source
+from threezone.connectors.imap import ImapSource
 from threezone.connectors.maildir import MaildirPoller
 from threezone.connectors.slack import SlackSource, SlackWebApi, slack_actions
+from threezone.connectors.smtp import email_actions_smtp
 from threezone.connectors.telegram import TelegramSource
 from threezone.executor.agent import Agent
 from threezone.executor.approvals import Approval, ApprovalQueue
 from threezone.executor.core import Executor
+from threezone.executor.egress import Resolver
 from threezone.executor.secrets import SecretStore
 
 STATE_FILE = "connectors.sqlite3"
@@ -34,14 +37,17 @@ class Parts:
     owner: TelegramOwner | None = None
 
 
-def build_agent(loaded: LoadedConfig, backend: Backend) -> Agent:
-    executor = Executor(loaded, backend)
+def build_agent(
+    loaded: LoadedConfig, backend: Backend, *, resolver: Resolver | None = None
+) -> Agent:
+    executor = Executor(loaded, backend, resolver=resolver)
     state = ConnectorState.open(executor.state_dir / STATE_FILE)
     parts = Parts()
     if executor.source is not None:  # the Maildir of [channels.email] source = "maildir"
         executor.source.ensure()
         parts.sources.append(MaildirPoller(executor.source))
     secrets = executor.secrets or SecretStore.empty()
+    _imap(loaded, executor, secrets, state, parts)
     _telegram(loaded, executor, secrets, state, parts)
     _slack(loaded, executor, secrets, state, parts)
     return Agent(
@@ -52,6 +58,21 @@ def build_agent(loaded: LoadedConfig, backend: Backend) -> Agent:
         after_fetch=parts.hooks,
         closers=parts.closers,
     )
+
+
+def _imap(
+    loaded: LoadedConfig,
+    executor: Executor,
+    secrets: SecretStore,
+    state: ConnectorState,
+    parts: Parts,
+) -> None:
+    cfg = loaded.config.channels.email
+    if cfg is None or cfg.source != "imap":
+        return
+    source = ImapSource(cfg, secrets, executor.egress, state, loaded.config.executor.max_raw_bytes)
+    executor.register_actions(email_actions_smtp(cfg, secrets, executor.egress))
+    parts.sources.append(source)
 
 
 def _telegram(

@@ -52,8 +52,11 @@ class HijackedPlanner(Planner):
                 "to": message.sender,
                 "subject": f"Re: {message.subject}"[:200],
                 "body": _REPLY,
-                "in_reply_to": message.id,
             }
+            if message.channel == "email" and message.thread_id:
+                # The conversation's Message-ID as the sender stated it (the executor's
+                # message id is its own bookkeeping, not a header).
+                reply["in_reply_to"] = message.thread_id
             results.append(port.request_action("email.reply", reply))
         return PlanOutcome(summary=_summary(found, results), steps=len(results))
 
