@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from threezone.backends import get_backend
@@ -34,6 +37,61 @@ from threezone.testing.telegram_emulator import TelegramEmulator
 from threezone.testing.workspaces import OWNER, STRANGER, telegram_workspace
 
 TEXT = "Hi, can we move tomorrow's call to 3pm? Thanks."
+
+
+class RemoteEmulator:
+    """The emulator in its own process, so the executor's memory is measured alone."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_emulator, args=(child,), daemon=True)
+        self._process.start()
+        self._url, self._port = self._conn.recv()
+
+    @property
+    def base_url(self) -> str:
+        return str(self._url)
+
+    @property
+    def port(self) -> int:
+        return int(self._port)
+
+    def inject_message(self, chat: int, sender: int, text: str) -> dict[str, int]:
+        self._conn.send(("inject", chat, sender, text))
+        update_id = self._conn.recv()
+        return {"update_id": update_id}
+
+    def close(self) -> None:
+        self._conn.send(("stop",))
+        self._process.join(10)
+
+
+def _serve_emulator(conn: Connection) -> None:
+    with TelegramEmulator() as bot:
+        bot.add_chat(OWNER)
+        bot.add_chat(STRANGER)
+        conn.send((bot.base_url, bot.port))
+        while True:
+            command = conn.recv()
+            if command[0] == "stop":
+                return
+            _, chat, sender, text = command
+            conn.send(bot.inject_message(chat, sender, text)["update_id"])
+
+
+def _tree_rss_mib(pid: int | None) -> float:
+    """RSS of a process and all its descendants (a zone is bwrap plus the interpreter)."""
+    if pid is None:
+        return 0.0
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += _rss_mib(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return total
 
 
 def _rss_mib(pid: int | None) -> float:
@@ -70,7 +128,7 @@ async def _wait(condition: object, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _latency(bot: TelegramEmulator, timing: Timing, messages: int) -> list[float]:
+async def _latency(bot: RemoteEmulator, timing: Timing, messages: int) -> list[float]:
     samples: list[float] = []
     for _ in range(messages):
         update = bot.inject_message(STRANGER, STRANGER, TEXT)
@@ -82,7 +140,7 @@ async def _latency(bot: TelegramEmulator, timing: Timing, messages: int) -> list
 
 
 async def _sustain(
-    bot: TelegramEmulator, agent: Agent, timing: Timing, seconds: float, in_flight: int
+    bot: RemoteEmulator, agent: Agent, timing: Timing, seconds: float, in_flight: int
 ) -> list[dict[str, float]]:
     minutes: list[dict[str, float]] = []
     pending: set[str] = set()
@@ -94,10 +152,12 @@ async def _sustain(
             pending.add(f"telegram:{update['update_id']}")
         done = {m for m in pending if m in timing.decided}
         pending -= done
+        for message_id in done:  # the bench must not be what grows
+            del timing.decided[message_id]
         window_count += len(done)
         now = time.monotonic()
         if now - window_start >= min(60.0, seconds):
-            zones = {z.name: _rss_mib(z.pid) for z in agent.executor.zones}
+            zones = {z.name: _tree_rss_mib(z.pid) for z in agent.executor.zones if z.pid}
             minutes.append(
                 {
                     "messages_per_minute": round(window_count * 60 / (now - window_start), 1),
@@ -114,9 +174,8 @@ async def _sustain(
 
 
 async def _run(messages: int, sustain: float, in_flight: int) -> dict[str, object]:
-    with TelegramEmulator() as bot, tempfile.TemporaryDirectory() as scratch:
-        bot.add_chat(OWNER)
-        bot.add_chat(STRANGER)
+    bot = RemoteEmulator()
+    with tempfile.TemporaryDirectory() as scratch:
         loaded = telegram_workspace(Path(scratch), bot)
         agent = build_agent(loaded, get_backend(loaded.config.executor.backend))
         timing = Timing(agent)
@@ -129,6 +188,7 @@ async def _run(messages: int, sustain: float, in_flight: int) -> dict[str, objec
         finally:
             stop.set()
             await runner
+            bot.close()
     ordered = sorted(samples)
     return {
         "latency_p50_ms": round(statistics.median(ordered), 1),

@@ -37,9 +37,13 @@ def run(
     from threezone.executor.wiring import build_agent
 
     show_live = console.is_terminal if live is None else live
+    handler = logging.StreamHandler()
+    if not show_live:  # a service: one JSON object per line, for journald and friends
+        handler.setFormatter(JsonLines())
     logging.basicConfig(
         level=logging.INFO if verbose or not show_live else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     try:
         loaded = load_config(config)
@@ -48,6 +52,21 @@ def run(
     except ThreezoneError as exc:
         raise fail(exc, 1) from exc
     console.print("stopped cleanly")
+
+
+class JsonLines(logging.Formatter):
+    """Structured logs: time, level, logger and message as one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return msgspec.json.encode(entry).decode()
 
 
 async def _run(agent: Agent, show_live: bool) -> None:

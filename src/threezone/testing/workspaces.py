@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -10,13 +11,23 @@ from threezone.config.load import LoadedConfig, load_config
 from threezone.config.schema import EgressConfig, EgressRule, TelegramChannelConfig
 from threezone.demo import build_workspace
 from threezone.executor.secrets import init_secrets, set_secret
-from threezone.testing.telegram_emulator import DEFAULT_TOKEN, TelegramEmulator
+from threezone.testing.telegram_emulator import DEFAULT_TOKEN
 
 OWNER = 1111
 STRANGER = 2222
 
 
-def telegram_workspace(tmp_path: Path, bot: TelegramEmulator) -> LoadedConfig:
+class Endpoint(Protocol):
+    """Where an emulator listens (a :class:`TelegramEmulator`, or one in another process)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+def telegram_workspace(tmp_path: Path, bot: Endpoint) -> LoadedConfig:
     """The demo workspace without its mails, plus Telegram through ``bot``.
 
     ``OWNER`` is the owner's chat and user; ``STRANGER`` an allowed chat whose sender
