@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import audit_append
+import channels_e2e
 import pipeline_overhead
 import policy_decision
 import protocol_codec
@@ -47,6 +48,7 @@ def main() -> None:
             100 if args.quick else 1_000, "unsafe-process"
         ),
         "readers": lambda: readers.measure(100 if args.quick else 600),
+        "channels_e2e": lambda: channels_e2e.measure(30 if args.quick else 300),
         "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
     }
     results: dict[str, object] = {"machine": machine()}
