@@ -166,6 +166,27 @@ async def fetch_all(source: ImapSource, *, ack: bool = True) -> list[RawItem]:
 # --- fetching -----------------------------------------------------------------------------
 
 
+def test_a_new_agent_starts_with_new_mail_not_the_mailbox_history(
+    mail: MailServers, state: ConnectorState
+) -> None:
+    """``start = "new"`` (the default): what was there before the first start is history."""
+    config = mail.channel_config(start="new")
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        deliver(mail, message("old one"))
+        source = source_for(mail, state, config)
+        first = subjects(await fetch_all(source))
+        deliver(mail, message("new one"))
+        second = subjects(await fetch_all(source))
+        await source.close()
+        again = source_for(mail, state, config)  # a restart keeps the same starting point
+        third = subjects(await fetch_all(again))
+        await again.close()
+        return first, second, third
+
+    assert run(scenario()) == ([], ["new one"], [])
+
+
 def test_fetch_acknowledge_restart_fetches_nothing_twice_and_misses_nothing(
     mail: MailServers, state: ConnectorState
 ) -> None:
@@ -577,6 +598,7 @@ def test_a_connection_cut_mid_fetch_is_retryable_and_loses_nothing(
                 port=proxy.port,
                 username=mail.user,
                 ca_file=str(mail.ca_file),
+                start="all",  # the message was delivered before this first start
             ),
         )
         source = source_for(mail, state, config, egress=egress_for(mail, proxy.port))

@@ -54,6 +54,9 @@ class ImapConfig(_Section, frozen=True):
     password_secret: SecretName = "EMAIL_PASSWORD"
     mailbox: str = "INBOX"
     drafts_mailbox: str = "Drafts"
+    # "new": only mail that arrives after the agent first starts (the safe default: a new
+    # agent does not answer years of old mail); "all": everything in the mailbox.
+    start: Literal["new", "all"] = "new"
     idle: bool = True  # IMAP IDLE when the server has it; polling otherwise
     poll_seconds: Annotated[float, Meta(ge=1, le=3600)] = 60.0
     ca_file: str = ""  # extra trust anchor (a self-signed test server); empty: system CAs

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 # imapclient ships no type information; its API is wrapped in this module only.
@@ -355,6 +355,7 @@ class ImapSource:
         self._io_timeout = io_timeout
         self._max_batch = max_batch
         self._key = f"cursor:{config.imap.username}@{config.imap.host}/{config.imap.mailbox}"
+        self._since_key = f"since:{config.imap.username}@{config.imap.host}/{config.imap.mailbox}"
         self._session: _Session | None = None
         self._uidvalidity, self._cursor = self._load_cursor()
         self._known: list[int] = []  # UIDs above the cursor on the server, last we looked
@@ -402,7 +403,16 @@ class ImapSource:
             mailbox=self._settings.mailbox,
             timeout=self._io_timeout,
         )
-        if session.uidvalidity != self._uidvalidity:
+        if self._uidvalidity == -1 and self._settings.start == "new":
+            # First start: what is already there is history, not work. Remember when we
+            # started, so a later renumbering (below) does not bring the history back.
+            existing = await in_thread(session.uids_after, 0)
+            # INTERNALDATE has whole seconds: mail from the very second we started counts
+            # as new (better answered than missed).
+            started = datetime.now(UTC).replace(microsecond=0)
+            self._state.set(CONNECTOR, self._since_key, started.isoformat())
+            self._store_cursor(session.uidvalidity, existing[-1] if existing else 0)
+        elif session.uidvalidity != self._uidvalidity:
             # The server renumbered the mailbox: every old UID is void. Fetch it all again;
             # content-derived source refs let the inbox recognise what it already has.
             self._store_cursor(session.uidvalidity, 0)
@@ -456,12 +466,21 @@ class ImapSource:
             data = None
             if meta is not None:
                 data = await self._call(session.body, uid, self._max_raw, meta.size)
-            if meta is None or data is None:
-                self._acked.add(uid)  # expunged before we read it: nothing to store
+            if meta is None or data is None or self._before_start(meta):
+                # Expunged before we read it, or history from before the first start.
+                self._acked.add(uid)
                 continue
             budget -= len(data)
             items.append(self._item(uid, meta, data))
         return items
+
+    def _before_start(self, meta: _Meta) -> bool:
+        """With ``start = "new"``: did the server receive this before our first start?"""
+        since = self._state.get(CONNECTOR, self._since_key, "")
+        if self._settings.start != "new" or not since or meta.internal_date is None:
+            return False
+        # IMAPClient gives naive local times; astimezone reads a naive time as local.
+        return meta.internal_date.astimezone(UTC) < datetime.fromisoformat(since)
 
     def _item(self, uid: int, meta: _Meta, data: bytes) -> RawItem:
         digest = hashlib.sha256(meta.size.to_bytes(8, "big") + data).hexdigest()

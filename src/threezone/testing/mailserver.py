@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -138,6 +139,7 @@ class MailServers:
         host: str = MAIL_HOST,
         idle: bool = True,
         poll_seconds: float = 1.0,
+        start: Literal["new", "all"] = "all",
     ) -> EmailChannelConfig:
         """An ``[channels.email]`` section for these servers (``authserv_id`` = MAIL_HOST)."""
         return EmailChannelConfig(
@@ -151,6 +153,7 @@ class MailServers:
                 username=self.user,
                 idle=idle,
                 poll_seconds=poll_seconds,
+                start=start,
                 ca_file=str(self.ca_file),
             ),
             smtp=SmtpConfig(
