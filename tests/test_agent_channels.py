@@ -128,6 +128,11 @@ def test_mail_fetched_over_imap_is_answered_over_smtp(tmp_path: Path) -> None:
         )
         mail.deliver(lunch.encode())
         resolver = StaticResolver({mailserver.MAIL_HOST: ["127.0.0.1"]})
+        # Never answer a machine: our own reply comes back into this mailbox, marked
+        # Auto-Submitted, and must not be answered in turn (a mail loop).
+        (loaded.base / "policy.d" / "05-loops.policy").write_text(
+            "email.*  trigger.automated=true  deny\n"
+        )
 
         async def scenario() -> str:
             agent = build_agent(
@@ -136,11 +141,14 @@ def test_mail_fetched_over_imap_is_answered_over_smtp(tmp_path: Path) -> None:
             stop = asyncio.Event()
             runner = asyncio.create_task(agent.run(stop))
             try:
-                await wait_for(lambda: agent.status.processed >= 1)
+                # The lunch mail, then our own reply fetched back from the same mailbox.
+                await wait_for(lambda: agent.status.processed >= 2)
                 recent = agent.snapshot().recent
                 executed = [d for d in recent if d.executed]
                 assert len(executed) == 1, (recent, agent.snapshot().inbox)
                 [decision] = executed
+                loop_guard = [d for d in recent if d.rule == "policy.d/05-loops.policy:1"]
+                assert [(d.decision, d.executed) for d in loop_guard] == [("deny", False)]
                 assert (decision.action, decision.decision) == ("email.reply", "allow")
             finally:
                 stop.set()
@@ -159,6 +167,7 @@ def test_mail_fetched_over_imap_is_answered_over_smtp(tmp_path: Path) -> None:
 
         asyncio.run(wait_for(arrived))
         assert b"In-Reply-To: <lunch-1@test.example>" in replies[0]
+        assert b"Auto-Submitted: auto-replied" in replies[0]
 
 
 # --- Slack ------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ STARTER_POLICY = """\
 # Reference: docs/policy.md. Check it with `threezone policy check`.
 # action               conditions                                         decision  limits
 
+# Never answer a machine automatically (auto-replies, bulk and list mail): no mail loops.
+email.*                trigger.automated=true                             deny
 # Nothing goes to an address the untrusted message supplied when it was flagged.
 *                      trigger.flagged=true origin(to)=content            deny
 email.*                trigger.flagged=true                               deny

@@ -42,7 +42,32 @@ def email_trigger(
         sender_authenticated=sender is not None,
         received_at=when.astimezone(UTC).isoformat(timespec="seconds"),
         flagged=False,
+        automated=automated(untrusted_raw),
     )
+
+
+_BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
+
+
+def automated(untrusted_raw: bytes) -> bool:
+    """Whether the message says a machine sent it: ``Auto-Submitted`` other than ``no``
+    (RFC 3834), ``Precedence: bulk|junk|list``, or a mailing list's ``List-Id``.
+
+    Replying automatically to such mail is how mail loops start (two agents, or an
+    agent and a vacation responder). A sender can lie in either direction; claiming to
+    be automated only makes the agent more careful, so the header is safe to believe
+    for that purpose, and a parse failure counts as automated (careful again).
+    """
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            untrusted_raw[:MAX_HEADER_BYTES]
+        )
+        submitted = str(headers.get("Auto-Submitted", "no")).split(";")[0].strip().lower()
+        precedence = str(headers.get("Precedence", "")).strip().lower()
+        listed = headers.get("List-Id") is not None
+    except Exception:
+        return True
+    return submitted != "no" or precedence in _BULK or listed
 
 
 def authenticated_sender(untrusted_raw: bytes, authserv_id: str) -> str | None:

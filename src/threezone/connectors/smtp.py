@@ -95,6 +95,9 @@ def build_message(args: Mapping[str, ArgValue], key: str, account: str) -> tuple
     message["Subject"] = values.get("subject", "")
     message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = message_id_for(key, account)
+    # RFC 3834: say a machine sent this, so auto-responders (and other agents) do not
+    # answer it and start a loop.
+    message["Auto-Submitted"] = "auto-replied" if values.get("in_reply_to") else "auto-generated"
     if values.get("in_reply_to"):
         parent = _message_id(values["in_reply_to"])
         message["In-Reply-To"] = parent

@@ -273,6 +273,7 @@ _TRIGGER_GETTERS: Mapping[str, Callable[[Trigger], object]] = {
     "sender": _authenticated_sender,
     "sender_authenticated": lambda trigger: trigger.sender_authenticated,
     "flagged": lambda trigger: trigger.flagged,
+    "automated": lambda trigger: trigger.automated,
 }
 
 

@@ -40,7 +40,7 @@ from threezone.policy.model import (
 from threezone.protocol.messages import Channel
 
 DECISIONS: tuple[Decision, ...] = ("allow", "deny", "ask")
-TRIGGER_FIELDS = ("account", "channel", "flagged", "sender", "sender_authenticated")
+TRIGGER_FIELDS = ("account", "automated", "channel", "flagged", "sender", "sender_authenticated")
 TRIGGER_PREFIX = "trigger."
 
 _ACTION_NAME = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
@@ -50,7 +50,7 @@ _TOKEN = re.compile(r"\S+")
 # Nine digits keep int() far from Python's digit limit and any rate anyone means.
 _RATE = re.compile(r"([1-9][0-9]{0,8})/([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
-_BOOL_FIELDS = frozenset({"flagged", "sender_authenticated"})
+_BOOL_FIELDS = frozenset({"automated", "flagged", "sender_authenticated"})
 _CHANNELS: tuple[str, ...] = get_args(Channel)
 ORIGINS: tuple[str, ...] = get_args(Origin)
 

@@ -115,6 +115,10 @@ class Trigger(_Frozen, frozen=True):
     sender_authenticated: bool
     received_at: Short
     flagged: bool
+    # The message says it was sent by a machine (an auto-reply, a bulk or list mailing):
+    # answering it automatically risks a mail loop. Attacker-writable, so it can only
+    # make a policy more careful, never less.
+    automated: bool = False
 
 
 class Capability(_Frozen, frozen=True):
