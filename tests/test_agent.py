@@ -169,3 +169,19 @@ def test_threezone_run_stops_on_sigterm_and_status_works(tmp_path: Path) -> None
     assert agent.returncode == 0, output.decode()
     assert b"stopped cleanly" in output
     assert verify_log(loaded.base / "state" / "audit.jsonl").clean
+
+
+def test_a_state_path_too_long_for_a_socket_still_runs(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    loaded = workspace(deep)
+
+    async def scenario() -> None:
+        agent = build_agent(loaded, get_backend(loaded.config.executor.backend))
+        assert len(str(agent.control_path)) > 108  # beyond sockaddr_un's sun_path
+        stop = asyncio.Event()
+        runner = asyncio.create_task(agent.run(stop))
+        await wait_for(lambda: agent.status.processed >= 3)
+        stop.set()
+        await runner
+
+    asyncio.run(scenario())

@@ -160,7 +160,11 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (see the module docstring)."""
-        await self.executor.start()
+        try:
+            await self.executor.start()
+        except BaseException:
+            await self.executor.stop()  # undoes a start that failed half-way
+            raise
         control = await self._serve_control()
         for message_id in self.executor.inbox.pending():  # left over from the last run
             self.queue.put_nowait(message_id)
@@ -180,7 +184,8 @@ class Agent:
             await asyncio.gather(*pumps, approvals, return_exceptions=True)
             self.queue.put_nowait(None)  # the processor finishes what it holds, then exits
             failed = (await asyncio.gather(processor, return_exceptions=True))[0]
-            control.close()
+            if control is not None:
+                control.close()
             for src in self.sources:
                 with contextlib.suppress(Exception):
                     await src.close()
@@ -323,15 +328,22 @@ class Agent:
         status.recent = list(self._recent)
         return status
 
-    async def _serve_control(self) -> asyncio.AbstractServer:
-        """The control socket: 0600 in the 0700 state directory, and SO_PEERCRED checked."""
+    async def _serve_control(self) -> asyncio.AbstractServer | None:
+        """The control socket: 0600 in the 0700 state directory, and SO_PEERCRED checked.
+
+        Without it the agent still runs (only ``threezone status`` cannot reach it): a
+        state directory whose path is too long for a Unix socket is not worth stopping for.
+        """
         self.control_path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._on_control, path=self.control_path)
+            return await asyncio.start_unix_server(self._on_control, path=self.control_path)
+        except OSError as exc:
+            where = self.control_path
+            log.error("no control socket at %s (%s): threezone status will not work", where, exc)
+            return None
         finally:
             os.umask(old)
-        return server
 
     async def _on_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
