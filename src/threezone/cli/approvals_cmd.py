@@ -14,13 +14,12 @@ from rich.table import Table
 
 from threezone.cli.common import ConfigOption, fail, load_config_or_default
 from threezone.errors import ThreezoneError
-from threezone.executor.approvals import Approval, ApprovalQueue, ApprovalStatus
+from threezone.executor.approvals import DB_NAME, Approval, ApprovalQueue, ApprovalStatus
 
 approvals_app = typer.Typer(
     no_args_is_help=True, help="Approve or deny actions the policy said to ask about."
 )
 console = Console()
-DB_NAME = "approvals.sqlite3"
 
 
 def _queue(config: Path) -> ApprovalQueue:

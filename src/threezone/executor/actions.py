@@ -83,18 +83,14 @@ CATALOG: dict[str, tuple[str, tuple[Param, ...]]] = {
 }
 
 
-def dry_run_actions(performed: list[tuple[str, dict[str, ArgValue]]]) -> list[ActionSpec]:
-    """Every catalogued action, each only recording that it would have run."""
+def dry_run_actions() -> list[ActionSpec]:
+    """Every catalogued action, each only saying that it would have run."""
 
-    def runner(name: str) -> Runner:
-        async def run(args: Mapping[str, ArgValue], key: str) -> dict[str, str]:
-            performed.append((name, dict(args)))
-            return {"dry_run": "not performed", "key": key}
-
-        return run
+    async def run(args: Mapping[str, ArgValue], key: str) -> dict[str, str]:
+        return {"dry_run": "not performed", "key": key}
 
     return [
-        ActionSpec(name, description, params, runner(name))
+        ActionSpec(name, description, params, run)
         for name, (description, params) in CATALOG.items()
     ]
 

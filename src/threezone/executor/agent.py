@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ import msgspec
 from threezone.connectors.base import ConnectorState, RawItem, Source
 from threezone.errors import ConnectorError, ThreezoneError, ZoneStartError
 from threezone.executor.approvals import Approval, ApprovalQueue, ApprovalStatus
+from threezone.executor.broker import peer_credentials
 from threezone.executor.core import Executor, Outcome
 from threezone.executor.inbox import State
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 CONTROL_SOCKET = "control.sock"
 MAX_RECENT = 20
 MAX_CONTROL_REQUEST = 4_096
-_PEERCRED = struct.Struct("3i")
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -223,6 +222,8 @@ class Agent:
             for item in items:
                 await self._store(source, item)
                 status.fetched += 1
+            if items:
+                self.executor.audit.sync()  # the batch's "received" records, group-committed
             hook = self.after_fetch.get(id(source))
             if hook is not None:
                 try:
@@ -238,7 +239,6 @@ class Agent:
         )
         if fresh and item.oversized:
             self.executor.quarantine(message_id, "input_too_large", "over executor.max_raw_bytes")
-        self.executor.audit.sync()
         await source.acknowledge(item.source_ref)
         if fresh:
             self.queue.put_nowait(message_id)
@@ -368,8 +368,7 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
     sock = writer.get_extra_info("socket")
     if sock is None:
         return False
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    _pid, uid, _gid = peer_credentials(sock)
     return uid in (os.getuid(), 0)
 
 

@@ -36,6 +36,7 @@ from threezone.errors import ApprovalError
 from threezone.protocol.messages import ArgValue, Trigger
 
 Clock = Callable[[], float]
+DB_NAME = "approvals.sqlite3"  # in the executor's state directory
 DIGEST_SHOWN = 16  # hex characters the owner sees and may type back
 
 _SCHEMA = """

@@ -55,6 +55,15 @@ from threezone.protocol.messages import (
 log = logging.getLogger(__name__)
 
 ZoneRequest = ActionRequest | LLMRequest
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
 RequestHandler = Callable[["Zone", ZoneRequest], Awaitable[Message]]
 _PEERCRED = struct.Struct("3i")
 
@@ -309,9 +318,7 @@ class Zone:
 
     def _launch_of(self, writer: asyncio.StreamWriter) -> _Launch | None:
         """The waiting launch whose process this peer is (SO_PEERCRED), if any."""
-        sock: socket.socket = writer.get_extra_info("socket")
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        pid, uid, _gid = _PEERCRED.unpack(raw)
+        pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
         for launch in self._waiting:
             if not launch.arrived.done() and self.backend.peer_allowed(launch.handle, pid, uid):
                 launch.peer_pid = pid  # the zone's own process, as the host sees it

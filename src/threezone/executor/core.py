@@ -34,6 +34,7 @@ from threezone.errors import ZoneError, ZoneStartError
 from threezone.executor import canaries
 from threezone.executor.actions import ActionSpec, email_actions
 from threezone.executor.alerts import OwnerAlerts
+from threezone.executor.approvals import DB_NAME as APPROVALS_DB
 from threezone.executor.approvals import Approval, ApprovalQueue
 from threezone.executor.broker import RequestHandler, Zone, ZoneRequest, ZoneSettings
 from threezone.executor.decide import Decider, DecisionRecord, EpisodeContext, to_wire
@@ -134,7 +135,7 @@ class Executor:
         # Answers the planner's LLMRequests when a provider is configured; without it
         # they are refused with llm_unavailable.
         self.llm: LlmHandler | None = None
-        self.approvals = ApprovalQueue.open(self.state_dir / "approvals.sqlite3")
+        self.approvals = ApprovalQueue.open(self.state_dir / APPROVALS_DB)
         self.alerts = OwnerAlerts(self.state_dir / "alerts.jsonl", self.audit)
         self.secrets = load_secrets(cfg.secrets, loaded.resolve) if cfg.secrets.file else None
         self.canaries = canaries.load_or_create(self.state_dir)

@@ -35,7 +35,7 @@ from threezone.executor.actions import ActionSpec
 from threezone.executor.alerts import OwnerAlerts
 from threezone.executor.approvals import ApprovalQueue
 from threezone.executor.approvals import Request as ApprovalRequest
-from threezone.executor.guards import ArgumentGuard, GuardHit, first_hit, redact_args
+from threezone.executor.guards import ArgumentGuard, GuardHit, first_hit, screen
 from threezone.executor.inbox import ActionRecord, ActionStatus, Inbox
 from threezone.policy.evaluate import evaluate
 from threezone.policy.model import Origin, Policy, PolicyDecision
@@ -110,8 +110,8 @@ class Decider:
 
     async def decide(self, ctx: EpisodeContext, request: ActionRequest) -> DecisionRecord:
         args = dict(request.args)
-        shown = redact_args(self.guards, args)
-        verdict = self._judge(ctx, request.action, args)
+        hit, shown = screen(self.guards, request.action, args)
+        verdict = self._judge(ctx, request.action, args, hit)
         key = idempotency_key(ctx.message_id, request.action, args)
         previous = self.inbox.action(key)
         if previous is not None and previous.status is ActionStatus.EXECUTED:
@@ -163,7 +163,9 @@ class Decider:
         ctx.decisions.append(record)
         return record
 
-    def _judge(self, ctx: EpisodeContext, action: str, args: dict[str, ArgValue]) -> _Verdict:
+    def _judge(
+        self, ctx: EpisodeContext, action: str, args: dict[str, ArgValue], hit: GuardHit | None
+    ) -> _Verdict:
         spec = self.actions.get(action)
         if spec is None:
             return _Verdict(
@@ -174,7 +176,6 @@ class Decider:
             return _Verdict(_refusal("<schema>", "; ".join(problems)), {})
         found = origins(args, ctx.provenance)
         verdict = evaluate(self.policy, action, args, ctx.trigger, self.lists, origins=found)
-        hit = first_hit(self.guards, action, args)
         # A tripwire (canary) fires even when a rule denies anyway: the attempt itself is
         # what the owner must hear about. Other guards only matter for admitted actions.
         if hit is not None and (hit.trips or verdict.decision != "deny"):

@@ -101,9 +101,21 @@ def first_hit(
     guards: Sequence[ArgumentGuard], action: str, args: Mapping[str, ArgValue]
 ) -> GuardHit | None:
     """Tripwires first: a canary must raise its alarm even if a secret is also present."""
-    hits = [hit for guard in guards if (hit := guard.check(action, args)) is not None]
-    hits.sort(key=lambda hit: not hit.trips)
-    return hits[0] if hits else None
+    return screen(guards, action, args)[0]
+
+
+def screen(
+    guards: Sequence[ArgumentGuard], action: str, args: Mapping[str, ArgValue]
+) -> tuple[GuardHit | None, dict[str, ArgValue]]:
+    """The first hit (tripwires first) and the arguments as they may be stored.
+
+    Each guard scans the arguments once; only guards that found something redact, since
+    a guard that found nothing in any argument has nothing to replace.
+    """
+    checked = [(guard, guard.check(action, args)) for guard in guards]
+    hits = sorted((hit for _, hit in checked if hit is not None), key=lambda hit: not hit.trips)
+    found = [guard for guard, hit in checked if hit is not None]
+    return (hits[0] if hits else None), redact_args(found, args)
 
 
 def redact_args(

@@ -160,7 +160,7 @@ def _executor(
     return Executor(
         LoadedConfig(config, loaded.base, loaded.path),
         backend,
-        actions=dry_run_actions([]),
+        actions=dry_run_actions(),
         local_planner=planner,
     )
 
