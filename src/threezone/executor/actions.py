@@ -7,13 +7,19 @@ after the policy admitted the action does it run it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from threezone.connectors.outbox import Outbox
-from threezone.protocol.messages import ArgValue, Capability
+from threezone.protocol.messages import ArgValue, Capability, ParamSpec
 
 Runner = Callable[[Mapping[str, ArgValue], str], Awaitable[dict[str, str]]]
+
+
+# One plain address, nothing around it: no display name, no list. Shown to the model
+# as its tool schema's pattern (a regex subset llguidance accepts), and checked here.
+ADDRESS_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +27,7 @@ class Param:
     name: str
     required: bool = True
     max_length: int = 10_000
+    pattern: str = ""  # the whole value must match (Python re syntax, ours only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +50,25 @@ class ActionSpec:
                 found.append(f"argument {param.name!r} must be a string")
             elif len(value) > param.max_length:
                 found.append(f"argument {param.name!r} is over {param.max_length} characters")
+            elif param.pattern and re.fullmatch(param.pattern, value) is None:
+                found.append(f"argument {param.name!r} is not of the expected form")
         return found
 
     def capability(self) -> Capability:
         return Capability(
-            action=self.name, description=self.description, params=[p.name for p in self.params]
+            action=self.name,
+            description=self.description,
+            params=[p.name for p in self.params],
+            param_specs=[
+                ParamSpec(
+                    name=p.name, required=p.required, max_length=p.max_length, pattern=p.pattern
+                )
+                for p in self.params
+            ],
         )
 
 
-_ADDRESS = Param("to", max_length=254)
+_ADDRESS = Param("to", max_length=254, pattern=ADDRESS_PATTERN)
 _SUBJECT = Param("subject", required=False, max_length=998)
 _BODY = Param("body", max_length=100_000)
 

@@ -25,6 +25,9 @@ MAX_LIST = 512
 MAX_REASONS = 64
 MAX_ARGS = 32
 MAX_RAW = 25 * 1024 * 1024
+MAX_INSTRUCTIONS = 8_000
+MAX_HISTORY = 32
+MAX_HISTORY_TEXT = 4_000
 
 MsgId = Annotated[int, Meta(ge=0, le=2**53)]
 Short = Annotated[str, Meta(max_length=MAX_SHORT)]
@@ -121,10 +124,39 @@ class Trigger(_Frozen, frozen=True):
     automated: bool = False
 
 
+class ParamSpec(_Frozen, frozen=True):
+    """One parameter of an action, as the executor checks it (every argument is text)."""
+
+    name: ArgName
+    required: bool = True
+    max_length: Annotated[int, Meta(ge=1, le=MAX_BODY)] = 10_000
+    pattern: Annotated[str, Meta(max_length=MAX_SHORT)] = ""  # the whole value matches it
+
+
 class Capability(_Frozen, frozen=True):
     action: ActionName
     description: Line
     params: Annotated[list[ArgName], Meta(max_length=MAX_ARGS)]
+    # The same parameters with what the executor's schema check enforces, so the
+    # planner can offer the model a tool whose JSON Schema matches it.
+    param_specs: Annotated[list[ParamSpec], Meta(max_length=MAX_ARGS)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class HistoryTurn(_Frozen, frozen=True):
+    """An earlier message of the same conversation and what the agent did about it.
+
+    Built by the executor from its inbox: ``text`` is that message's sanitized body,
+    still untrusted and cut to a bound; ``actions`` says what ran (``email.reply
+    executed``), from the executor's own records.
+    """
+
+    received_at: Short
+    sender: Short
+    subject: Line
+    text: Annotated[str, Meta(max_length=MAX_HISTORY_TEXT)]
+    actions: Annotated[list[Line], Meta(max_length=16)] = msgspec.field(default_factory=list)
 
 
 class Episode(_Frozen, frozen=True):
@@ -132,6 +164,12 @@ class Episode(_Frozen, frozen=True):
     message: SanitizedMessage
     trigger: Trigger
     capabilities: Annotated[list[Capability], Meta(max_length=MAX_LIST)]
+    # The owner's standing instructions, from the config: trusted.
+    instructions: Annotated[str, Meta(max_length=MAX_INSTRUCTIONS)] = ""
+    # Earlier turns of this conversation, oldest first (the planner keeps nothing).
+    history: Annotated[list[HistoryTurn], Meta(max_length=MAX_HISTORY)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class ToolSpec(_Frozen, frozen=True):
@@ -217,6 +255,10 @@ class PlanResult(_Message, frozen=True, tag="plan_done"):
     reply_to: MsgId
     summary: Line
     steps: Count
+    # What a model in the planner zone spent (the gateway counts its own calls).
+    model_calls: Count = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
 
 
 class ActionRequest(_Message, frozen=True, tag="action"):
