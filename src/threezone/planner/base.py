@@ -26,6 +26,9 @@ from threezone.protocol.messages import (
 class PlanOutcome:
     summary: str
     steps: int
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 class ActionPort(abc.ABC):

@@ -58,7 +58,7 @@ def _foreign_episode(client: ZoneClient) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(parse_args("planner", argv), make_handler(FaultyPlanner()))
+    return serve(parse_args("planner", argv), make_handler(FaultyPlanner))
 
 
 if __name__ == "__main__":
