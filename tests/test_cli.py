@@ -22,7 +22,7 @@ def threezone(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_demo_stops_the_attack_and_verifies_its_audit_log(tmp_path: Path) -> None:
     workspace = tmp_path / "demo"
-    result = threezone("demo", "--keep", str(workspace))
+    result = threezone("demo", "--planner", "hijacked", "--keep", str(workspace))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No attacker action was executed." in result.stdout
     assert "ran under sandbox: 19 of 19 isolation probes held" in result.stdout

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from threezone.config import load_config, parse_config
-from threezone.demo import CONFIG
+from threezone.demo import config_text
 from threezone.errors import ConfigError
 
 
 def test_demo_config_parses() -> None:
-    config = parse_config(CONFIG)
+    config = parse_config(config_text())
     assert config.channels.email is not None
     assert config.lists["contacts"] == ["alice@partner.example", "bob@partner.example"]
 

@@ -228,9 +228,11 @@ def test_secret_values_never_reach_a_file_or_a_zone(
     frames: list[bytes] = []
     original = Zone.request
 
-    async def recording(self: Zone, request: Message, request_id: int) -> Message:
+    async def recording(
+        self: Zone, request: Message, request_id: int, timeout: float | None = None
+    ) -> Message:
         frames.append(msgspec.json.encode(request))
-        reply = await original(self, request, request_id)
+        reply = await original(self, request, request_id, timeout)
         frames.append(msgspec.json.encode(reply))
         return reply
 

@@ -45,6 +45,9 @@ class ZoneSpec:
     args: tuple[str, ...] = ()
     log_path: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    # Host files the zone may read besides the runtime (a planner's model file), shown
+    # read-only at the same path. Backends that share the host's files ignore it.
+    read_only: tuple[Path, ...] = ()
     inherit_stdio: bool = False  # `sandbox run`: the command talks to this terminal
 
     async def spawn(

@@ -167,7 +167,11 @@ class SandboxBackend(Backend):
         if self._program is None:
             self._program = build_filter()
         uid = self.zone_uid(spec.name)
-        binds = [*runtime_binds(), Bind(spec.socket_path.parent, SOCKET_DIR)]
+        binds = [
+            *runtime_binds(),
+            *(Bind(path.resolve(), str(path)) for path in spec.read_only),
+            Bind(spec.socket_path.parent, SOCKET_DIR),
+        ]
         seccomp_fd = filter_fd(self._program)
         # One group per launch: a spare must not share limits with, or die with, the zone.
         group = cgroups.create(f"{spec.name}-{os.getpid()}-{next(self._launches)}", spec.limits)
@@ -303,7 +307,10 @@ def _stage(binds: list[Bind]) -> None:
     )
     for index, bind in enumerate(binds):
         target = Path(_staged(index))
-        target.mkdir()
+        if bind.source.is_dir():
+            target.mkdir()
+        else:  # a single file (a model) binds onto a file
+            target.touch()
         _check(
             libc.mount(bytes(bind.source), bytes(target), None, _MS_BIND | _MS_REC, None),
             f"bind {bind.source}",

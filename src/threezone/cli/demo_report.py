@@ -19,14 +19,21 @@ from threezone.executor.core import Outcome, run_once
 ATTACKER_HOSTS = ("evil.example", "outside-payments.example")
 
 
-async def print_demo(console: Console, workspace: Path) -> bool:
+INTROS = {
+    "hijacked": "The planner is [bold red]hijacked[/]: it obeys any instruction it reads.",
+    "local": "The planner is a [bold]real language model[/] (SmolLM2-135M-Instruct) running "
+    "offline in the planner zone;\nit is small and easily fooled.",
+}
+
+
+async def print_demo(console: Console, workspace: Path, planner: str = "hijacked") -> bool:
     """Run the demo in ``workspace``; True when every check at the end holds."""
     workspace = workspace.resolve()
-    loaded = load_config(build_workspace(workspace))
+    loaded = load_config(build_workspace(workspace, planner))
     console.print(
         Panel.fit(
-            "Three emails arrive. The planner is [bold red]hijacked[/]: it obeys any instruction "
-            "it reads.\nThe executor's policy decides what actually happens.",
+            f"Three emails arrive. {INTROS[planner]}\n"
+            "The executor's policy decides what actually happens.",
             title="threezone demo",
         )
     )
@@ -63,6 +70,8 @@ def _message_panel(outcome: Outcome, workspace: Path) -> Panel:
             table.add_row("", f"- {reason}")
     if not outcome.decisions and outcome.plan_summary:
         table.add_row("planner", "requested no action")
+    if outcome.plan_summary:
+        table.add_row("summary", f"[dim]{outcome.plan_summary[:300]}[/]")
     for record in outcome.decisions:
         target = record.args.get("to", "")
         table.add_row("planner", f"requests [bold]{record.action}[/] to {target}")

@@ -59,16 +59,26 @@ def demo(
         Path | None, typer.Option(help="Keep the workspace in this folder for inspection.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    planner: Annotated[
+        str | None,
+        typer.Option(
+            help="local: a real small model in the planner zone (the default when installed); "
+            "hijacked: a scripted planner that obeys every injection."
+        ),
+    ] = None,
 ) -> None:
-    """Play the motivating scenario: three emails, one hijacked planner, one policy."""
+    """Play the motivating scenario: three emails, a fooled planner, one policy."""
     from threezone.cli.demo_report import print_demo
 
     _logging(verbose)
+    planner = planner or _default_demo_planner()
+    if planner not in ("local", "hijacked"):
+        raise _fail(ThreezoneError(f"--planner must be local or hijacked, not {planner!r}"))
     workspace = keep or Path(tempfile.mkdtemp(prefix="threezone-demo-"))
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise _fail(ThreezoneError(f"{keep} is not empty; choose a new folder for --keep"))
     try:
-        ok = asyncio.run(print_demo(console, workspace))
+        ok = asyncio.run(print_demo(console, workspace, planner))
     except ThreezoneError as exc:
         raise _fail(exc) from exc
     finally:
@@ -77,6 +87,19 @@ def demo(
         else:
             console.print(f"\nWorkspace kept in [bold]{keep}[/]")
     raise typer.Exit(0 if ok else 1)
+
+
+def _default_demo_planner() -> str:
+    import importlib.util
+
+    from threezone.planner.local import bundled_model
+
+    if bundled_model() is not None and importlib.util.find_spec("xllamacpp") is not None:
+        return "local"
+    errors.print(
+        "note: the local model is not installed (make demo installs it); using the hijacked planner"
+    )
+    return "hijacked"
 
 
 @audit_app.command("verify")

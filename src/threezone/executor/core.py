@@ -26,7 +26,7 @@ from typing import cast, get_args
 import msgspec
 
 from threezone.audit import AuditLog, checkpointing_from_config
-from threezone.backends.base import Backend, Role, ZoneSpec
+from threezone.backends.base import Backend, Limits, Role, ZoneSpec
 from threezone.config.load import LoadedConfig
 from threezone.connectors.maildir import MaildirSource
 from threezone.connectors.outbox import Outbox
@@ -43,6 +43,11 @@ from threezone.executor.egress import Egress, Resolver
 from threezone.executor.guards import ArgumentGuard, EgressGuard, StoreGuard
 from threezone.executor.inbox import ActionStatus, Inbox, InboxItem, State
 from threezone.executor.llm import LlmGateway
+from threezone.executor.planning import (
+    conversation_key,
+    history_for,
+    planner_zone_args,
+)
 from threezone.executor.secrets import SecretStore, load_secrets
 from threezone.policy.evaluate import could_allow
 from threezone.policy.loader import load_policy_dir
@@ -200,6 +205,9 @@ class Executor:
         role: Role,
         args: tuple[str, ...],
         on_request: RequestHandler | None = None,
+        *,
+        limits: Limits | None = None,
+        read_only: tuple[Path, ...] = (),
     ) -> Zone:
         cfg = self.loaded.config.executor
         settings = ZoneSettings(
@@ -219,6 +227,8 @@ class Executor:
             socket_path=self._runtime / name / "zone.sock",
             args=(*args, "--max-frame", str(settings.max_frame_out)),
             log_path=log_dir / f"{name}.log",
+            limits=limits or Limits(),
+            read_only=read_only,
         )
         inside = str(Path(self.backend.socket_arg(spec)).parent)
         spec = replace(spec, args=(*spec.args, *self.decoys.args(spec, inside)))
@@ -258,10 +268,15 @@ class Executor:
         await self.decoys.start(canaries.decoy_file_text(self.canaries))
         await self._settle_interrupted_approvals()
         self.reader = await self._reader("email")
-        kind = self.loaded.config.planner.kind
         if self.local_planner is None:  # an in-process planner needs no zone
+            zone_args = planner_zone_args(self.loaded.config.planner)
             self.planner = self._zone(
-                "planner", "planner", ("--planner", kind), self._on_zone_request
+                "planner",
+                "planner",
+                zone_args.args,
+                self._on_zone_request,
+                limits=zone_args.limits,
+                read_only=zone_args.read_only,
             )
             self.zones.append(self.planner)
             await self.planner.listen()
@@ -375,17 +390,24 @@ class Executor:
 
     async def _plan(self, item: InboxItem, outcome: Outcome) -> InboxItem:
         assert item.sanitized is not None  # state SANITIZED stores it
+        cfg = self.loaded.config.planner
         ctx = EpisodeContext(
             episode_id=f"ep-{item.id}",
             message_id=item.id,
             trigger=msgspec.structs.replace(item.trigger, flagged=item.sanitized.injection.flagged),
             provenance=self._provenance(item, item.sanitized),
+            max_actions=cfg.max_actions_per_episode,
         )
+        key = conversation_key(item.sanitized, item.trigger)
+        if key is not None:
+            self.inbox.join_conversation(item.id, key)
         episode = Episode(
             episode_id=ctx.episode_id,
             message=item.sanitized,
             trigger=ctx.trigger,
             capabilities=self._capabilities(),
+            instructions=cfg.instructions,
+            history=history_for(self.inbox, key, item.id, cfg.history_turns, cfg.history_chars),
         )
         self._episodes[ctx.episode_id] = ctx
         try:
@@ -394,7 +416,11 @@ class Executor:
             else:
                 request_id = self.planner.next_id()
                 reply = await self._ask(
-                    self.planner, PlanRequest(id=request_id, episode=episode), request_id, item.id
+                    self.planner,
+                    PlanRequest(id=request_id, episode=episode),
+                    request_id,
+                    item.id,
+                    timeout=cfg.episode_timeout,
                 )
         finally:
             del self._episodes[ctx.episode_id]
@@ -414,6 +440,10 @@ class Executor:
                 "episode": ctx.episode_id,
                 "summary": reply.summary,
                 "steps": reply.steps,
+                "history": len(episode.history),
+                "model_calls": reply.model_calls,
+                "input_tokens": reply.input_tokens,
+                "output_tokens": reply.output_tokens,
             },
             durable=False,  # group commit: the next durable record syncs it
         )
@@ -447,11 +477,16 @@ class Executor:
         ]
 
     async def _ask(
-        self, zone: Zone, request: Message, request_id: int, message_id: str
+        self,
+        zone: Zone,
+        request: Message,
+        request_id: int,
+        message_id: str,
+        timeout: float | None = None,
     ) -> Message | None:
         """One zone request; on a zone failure the message is quarantined and None returned."""
         try:
-            return await zone.request(request, request_id)
+            return await zone.request(request, request_id, timeout)
         except ZoneStartError:
             raise  # our environment's fault, not the message's: leave it pending
         except ZoneError as exc:

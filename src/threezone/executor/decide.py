@@ -69,6 +69,7 @@ class EpisodeContext:
     provenance: ProvenanceContext = NO_CONTENT
     decisions: list[DecisionRecord] = field(default_factory=list)
     tripped: GuardHit | None = None  # a canary fired: quarantine the trigger
+    max_actions: int | None = None  # requests past it are refused by rule <budget>
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,17 @@ class Decider:
         return record
 
     def _judge(
+        self, ctx: EpisodeContext, action: str, args: dict[str, ArgValue], hit: GuardHit | None
+    ) -> _Verdict:
+        verdict = self._judge_request(ctx, action, args, hit)
+        if verdict.hit is not None and verdict.hit.trips:
+            return verdict  # a tripwire fires whatever the budget says
+        if ctx.max_actions is not None and len(ctx.decisions) >= ctx.max_actions:
+            reason = f"the episode's budget of {ctx.max_actions} action request(s) is spent"
+            return _Verdict(_refusal("<budget>", reason), verdict.origins)
+        return verdict
+
+    def _judge_request(
         self, ctx: EpisodeContext, action: str, args: dict[str, ArgValue], hit: GuardHit | None
     ) -> _Verdict:
         spec = self.actions.get(action)

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS actions (
     executed_at  REAL
 );
 CREATE INDEX IF NOT EXISTS actions_rule ON actions (rule, executed_at);
+CREATE TABLE IF NOT EXISTS conversations (
+    message_id   TEXT PRIMARY KEY REFERENCES messages (id),
+    key          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversations_key ON conversations (key);
 """
 
 
@@ -249,6 +254,34 @@ class Inbox:
             )
         if cursor.rowcount != 1:
             raise InboxError(f"message {message_id!r} cannot be quarantined (missing or finished)")
+
+    # --- conversations ------------------------------------------------------------------------
+
+    def join_conversation(self, message_id: str, key: str) -> None:
+        """File a message under a conversation key (see ``executor.planning``)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO conversations (message_id, key) VALUES (?, ?)",
+                (message_id, key),
+            )
+
+    def conversation(self, key: str, before: str, limit: int) -> list[InboxItem]:
+        """The last ``limit`` done messages of a conversation received before ``before``,
+        oldest first."""
+        rows = self._db.execute(
+            "SELECT m.id FROM conversations c JOIN messages m ON m.id = c.message_id"
+            " WHERE c.key = ? AND m.state = ? AND m.id != ?"
+            " AND m.rowid < (SELECT rowid FROM messages WHERE id = ?)"
+            " ORDER BY m.rowid DESC LIMIT ?",
+            (key, State.DONE, before, before, limit),
+        ).fetchall()
+        return [self.get(row[0]) for row in reversed(rows)]
+
+    def actions_of(self, message_id: str) -> list[ActionRecord]:
+        rows = self._db.execute(
+            "SELECT key FROM actions WHERE message_id = ? ORDER BY rowid", (message_id,)
+        ).fetchall()
+        return [record for (key,) in rows if (record := self.action(key)) is not None]
 
     def counts(self) -> dict[State, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
