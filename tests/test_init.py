@@ -50,6 +50,7 @@ def test_init_writes_a_setup_that_loads_and_stores_credentials(
     assert config.channels.telegram is not None
     assert config.channels.telegram.owner_chat == 4242
     assert config.llm.provider == "openai"
+    assert config.planner.kind == "llm"  # a configured provider is the one the planner uses
     hosts = {(rule.connector, rule.host, rule.port) for rule in config.egress.allow}
     assert ("telegram", "api.telegram.org", 443) in hosts
     assert ("llm", "127.0.0.1", 8080) in hosts
@@ -79,3 +80,10 @@ def test_init_refuses_an_unknown_channel(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "unknown channel(s): fax" in result.output
     assert not (tmp_path / "threezone.toml").exists()
+
+
+def test_without_a_provider_init_chooses_the_local_model(tmp_path: Path) -> None:
+    args = ["--non-interactive", "--owner", "me@example.com", "--channel", "telegram"]
+    result = CliRunner().invoke(app, ["init", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert load_config(tmp_path / "threezone.toml").config.planner.kind == "local"

@@ -130,8 +130,21 @@ def config_text(answers: Answers) -> str:
         ]
     if answers.llm_provider != "none":
         parts += _llm_section(answers, allow)
+    parts += _planner_section(answers)
     parts += ["[egress]", "allow = [", *(f"  {entry}," for entry in allow), "]", ""]
     return "\n".join(parts)
+
+
+def _planner_section(answers: Answers) -> list[str]:
+    """The provider's model through the gateway when one is configured, else the local one."""
+    kind = "llm" if answers.llm_provider != "none" else "local"
+    return [
+        "[planner]",
+        f'kind = "{kind}"  # llm: [llm] through the executor; local: a model in the zone',
+        "# The owner's standing instructions, shown to the model as trusted:",
+        'instructions = "Answer known contacts briefly and politely."',
+        "",
+    ]
 
 
 def _owner_chats(answers: Answers) -> list[str]:

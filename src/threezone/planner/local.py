@@ -235,6 +235,10 @@ class LocalModel:
         params.cpuparams_batch.n_threads = settings.threads
         params.n_threads_http = 1
         params.warmup = False
+        params.verbosity = 0  # errors only: the default logs ~10 lines per completion
+        # No host-RAM prompt cache (llama.cpp's default reserves up to 8 GiB for it): it
+        # would keep earlier episodes' prompts in this zone, and memory would grow.
+        params.cache_ram_mib = 0
         params.sampling.seed = settings.seed
         # The embedded HTTP server's listener: a Unix socket in private scratch, with a key.
         params.hostnames = [str(settings.scratch / f"llm-{secrets.token_hex(8)}.sock")]
