@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit_append
 import channels_e2e
 import pipeline_overhead
+import planner_local
 import policy_decision
 import protocol_codec
 import readers
@@ -50,6 +51,7 @@ def main() -> None:
         "readers": lambda: readers.measure(100 if args.quick else 600),
         "channels_e2e": lambda: channels_e2e.measure(30 if args.quick else 300),
         "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
+        "planner_local": lambda: planner_local.measure(1 if args.quick else 3),
     }
     results: dict[str, object] = {"machine": machine()}
     for name, run in runs.items():

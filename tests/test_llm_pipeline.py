@@ -14,44 +14,25 @@ import msgspec
 import pytest
 
 from threezone.backends import get_backend
-from threezone.config.load import LoadedConfig, load_config
-from threezone.config.schema import EgressConfig, EgressRule, LlmConfig
-from threezone.demo import AUTHSERV_ID, build_workspace
+from threezone.config.load import LoadedConfig
+from threezone.config.schema import LlmConfig
+from threezone.demo import AUTHSERV_ID
 from threezone.executor.core import Executor, Outcome
-from threezone.executor.secrets import init_secrets, set_secret
 from threezone.testing import faulty_planner
 from threezone.testing.llm_emulator import LlmEmulator
+from threezone.testing.workspaces import llm_workspace
 
 KEY = "sk-test-" + "k" * 40
 
 
 def configured(tmp_path: Path, emulator: LlmEmulator, provider: str) -> LoadedConfig:
-    loaded = load_config(build_workspace(tmp_path / "ws"))
-    for old in (loaded.base / "mail" / "new").iterdir():
-        old.unlink()
     message = EmailMessage()
     message["Authentication-Results"] = f"{AUTHSERV_ID}; dmarc=none"
     message["From"] = "someone@elsewhere.example"
     message["To"] = "owner@demo.example"
     message["Subject"] = "question"
     message.set_content("PLANNER-ASK-LLM What is the capital of France?")
-    (loaded.base / "mail" / "new" / "1-question").write_bytes(bytes(message))
-    base = emulator.base_url if provider == "anthropic" else emulator.openai_base_url
-    config = msgspec.structs.replace(
-        loaded.config,
-        llm=LlmConfig(provider=provider, base_url=base, model="test-model"),  # type: ignore[arg-type]
-        egress=EgressConfig(
-            allow=[EgressRule(connector="llm", host="127.0.0.1", port=emulator.port)],
-            allow_private=["127.0.0.0/8"],
-        ),
-        secrets=msgspec.structs.replace(
-            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
-        ),
-    )
-    result = LoadedConfig(config, loaded.base, loaded.path)
-    init_secrets(config.secrets, result.resolve)
-    set_secret(config.secrets, result.resolve, "LLM_API_KEY", KEY)
-    return result
+    return llm_workspace(tmp_path, emulator, provider, KEY, {"1-question": bytes(message)})
 
 
 def run(loaded: LoadedConfig) -> list[Outcome]:

@@ -14,18 +14,17 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from threezone.backends import get_backend
-from threezone.config.load import LoadedConfig, load_config
-from threezone.config.schema import EgressConfig, EgressRule, LlmConfig, PlannerConfig
-from threezone.demo import AUTHSERV_ID, build_workspace
+from threezone.config.load import LoadedConfig
+from threezone.config.schema import PlannerConfig
+from threezone.demo import AUTHSERV_ID
 from threezone.executor.core import Executor, Outcome
 from threezone.executor.inbox import State
-from threezone.executor.secrets import init_secrets, set_secret
 from threezone.planner.prompt import MARK
 from threezone.testing.llm_emulator import LlmEmulator, Recorded
+from threezone.testing.workspaces import llm_workspace
 
 KEY = "sk-test-" + "p" * 40
 ALICE = "alice@partner.example"
@@ -63,32 +62,11 @@ def workspace(
     provider: str,
     mails: list[tuple[str, bytes]],
     *,
-    llm: dict[str, Any] | None = None,
+    llm: dict[str, object] | None = None,
     planner: dict[str, Any] | None = None,
 ) -> LoadedConfig:
-    loaded = load_config(build_workspace(tmp_path / "ws"))
-    inbox = loaded.base / "mail" / "new"
-    for old in inbox.iterdir():
-        old.unlink()
-    for name, raw in mails:
-        (inbox / name).write_bytes(raw)
-    base = emulator.base_url if provider == "anthropic" else emulator.openai_base_url
-    config = msgspec.structs.replace(
-        loaded.config,
-        planner=PlannerConfig(kind="llm", **(planner or {})),
-        llm=LlmConfig(provider=provider, base_url=base, model="test-model", **(llm or {})),  # type: ignore[arg-type]
-        egress=EgressConfig(
-            allow=[EgressRule(connector="llm", host="127.0.0.1", port=emulator.port)],
-            allow_private=["127.0.0.0/8"],
-        ),
-        secrets=msgspec.structs.replace(
-            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
-        ),
-    )
-    result = LoadedConfig(config, loaded.base, loaded.path)
-    init_secrets(config.secrets, result.resolve)
-    set_secret(config.secrets, result.resolve, "LLM_API_KEY", KEY)
-    return result
+    settings = PlannerConfig(kind="llm", **(planner or {}))
+    return llm_workspace(tmp_path, emulator, provider, KEY, dict(mails), llm=llm, planner=settings)
 
 
 def run(loaded: LoadedConfig) -> list[Outcome]:

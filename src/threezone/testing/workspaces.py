@@ -8,9 +8,16 @@ from typing import Protocol
 import msgspec
 
 from threezone.config.load import LoadedConfig, load_config
-from threezone.config.schema import EgressConfig, EgressRule, TelegramChannelConfig
+from threezone.config.schema import (
+    EgressConfig,
+    EgressRule,
+    LlmConfig,
+    PlannerConfig,
+    TelegramChannelConfig,
+)
 from threezone.demo import build_workspace
 from threezone.executor.secrets import init_secrets, set_secret
+from threezone.testing.llm_emulator import LlmEmulator
 from threezone.testing.telegram_emulator import DEFAULT_TOKEN
 
 OWNER = 1111
@@ -59,4 +66,44 @@ def telegram_workspace(tmp_path: Path, bot: Endpoint) -> LoadedConfig:
     result = LoadedConfig(config, loaded.base, loaded.path)
     init_secrets(config.secrets, result.resolve)
     set_secret(config.secrets, result.resolve, "TELEGRAM_BOT_TOKEN", DEFAULT_TOKEN)
+    return result
+
+
+def llm_workspace(
+    tmp_path: Path,
+    emulator: LlmEmulator,
+    provider: str,
+    api_key: str,
+    mails: dict[str, bytes],
+    *,
+    llm: dict[str, object] | None = None,
+    planner: PlannerConfig | None = None,
+) -> LoadedConfig:
+    """The demo workspace with ``mails`` (name -> raw) instead of its own, and the LLM
+    gateway pointed at ``emulator`` in ``provider``'s API, its key stored encrypted."""
+    loaded = load_config(build_workspace(tmp_path / "ws"))
+    new = loaded.base / "mail" / "new"
+    for old in new.iterdir():
+        old.unlink()
+    for name, raw in mails.items():
+        (new / name).write_bytes(raw)
+    base = emulator.base_url if provider == "anthropic" else emulator.openai_base_url
+    settings = msgspec.convert(
+        {"provider": provider, "base_url": base, "model": "test-model", **(llm or {})}, LlmConfig
+    )
+    config = msgspec.structs.replace(
+        loaded.config,
+        planner=planner or loaded.config.planner,
+        llm=settings,
+        egress=EgressConfig(
+            allow=[EgressRule(connector="llm", host="127.0.0.1", port=emulator.port)],
+            allow_private=["127.0.0.0/8"],
+        ),
+        secrets=msgspec.structs.replace(
+            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
+        ),
+    )
+    result = LoadedConfig(config, loaded.base, loaded.path)
+    init_secrets(config.secrets, result.resolve)
+    set_secret(config.secrets, result.resolve, "LLM_API_KEY", api_key)
     return result
