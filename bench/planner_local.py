@@ -58,7 +58,7 @@ def _pss_mib(pid: int) -> float:
 
 
 def _episodes(loaded: LoadedConfig) -> list[dict[str, int]]:
-    lines = (loaded.base / "state" / "audit.jsonl").read_text().splitlines()
+    lines = (loaded.base / "state" / "audit.jsonl").read_bytes().splitlines()
     return [r["data"] for r in map(json.loads, lines) if r["kind"] == "episode"]
 
 

@@ -177,7 +177,7 @@ def test_in_the_planner_zone_a_tcp_listener_cannot_even_be_created(tmp_path: Pat
 
 
 def _audit(loaded: LoadedConfig, kind: str) -> list[dict[str, Any]]:
-    lines = (loaded.base / "state" / "audit.jsonl").read_text().splitlines()
+    lines = (loaded.base / "state" / "audit.jsonl").read_bytes().splitlines()
     return [r["data"] for r in map(json.loads, lines) if r["kind"] == kind]
 
 

@@ -110,7 +110,7 @@ def offered_tools(request: Recorded) -> dict[str, dict[str, Any]]:
 
 
 def audit_records(loaded: LoadedConfig, kind: str) -> list[dict[str, Any]]:
-    lines = (loaded.base / "state" / "audit.jsonl").read_text().splitlines()
+    lines = (loaded.base / "state" / "audit.jsonl").read_bytes().splitlines()
     records = [json.loads(line) for line in lines]
     return [r["data"] for r in records if r["kind"] == kind]
 
