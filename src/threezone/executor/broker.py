@@ -75,6 +75,10 @@ class ZoneSettings:
     max_frame: int = DEFAULT_MAX_FRAME  # what a zone may send us
     max_frame_out: int = DEFAULT_MAX_FRAME  # what we may send a zone (raw mail is larger)
     restart_backoff: tuple[float, ...] = (0.1, 0.5, 2.0, 5.0)
+    # A start that fails (the process died before its hello, or never said it) is tried
+    # again this many times in all, with the backoff, before ZoneStartError reaches the
+    # caller: one zone killed while starting must not stop the agent.
+    start_attempts: int = 3
     # Keep one fresh zone started ahead of need, so a restart adopts it at once.
     spare: bool = False
 
@@ -243,11 +247,18 @@ class Zone:
             alive = self._handle is not None and self._handle.returncode is None
             if self._healthy and alive and self._conn is not None and not self._conn.closed.done():
                 return
-            await self._reap()
-            if self._failures:
-                delays = self.settings.restart_backoff
-                await asyncio.sleep(delays[min(self._failures, len(delays)) - 1])
-            await self._start()
+            for attempt in range(1, self.settings.start_attempts + 1):
+                await self._reap()
+                if self._failures:
+                    delays = self.settings.restart_backoff
+                    await asyncio.sleep(delays[min(self._failures, len(delays)) - 1])
+                try:
+                    await self._start()
+                    return
+                except ZoneStartError as exc:
+                    if attempt == self.settings.start_attempts:
+                        raise
+                    log.warning("zone %s: %s; starting it again", self.name, exc.detail)
 
     async def _start(self) -> None:
         launch, conn = await self._adopt_spare() or await self._spawn()
@@ -268,8 +279,9 @@ class Zone:
             launch, conn = await spare
         except ZoneError:
             return None  # the spare failed; start one now, and report that one's failure
-        if launch.handle.returncode is not None:
-            return None
+        if launch.handle.returncode is not None or conn.closed.done():
+            conn.close()
+            return None  # it died after its hello: start a fresh one
         return launch, conn
 
     async def _spawn(self) -> tuple[_Launch, ZoneConnection]:
@@ -279,12 +291,13 @@ class Zone:
         launch = _Launch(handle, asyncio.get_running_loop().create_future())
         self._waiting.append(launch)
         try:
-            conn = await asyncio.wait_for(
-                asyncio.shield(launch.arrived), self.settings.hello_timeout
-            )
+            conn = await self._hello(launch)
         except TimeoutError:
             self._failures += 1
             handle.kill()
+            if handle.returncode is not None:
+                detail = f"exited with code {handle.returncode} before its hello"
+                raise ZoneStartError(self.name, detail) from None
             raise ZoneStartError(self.name, "no hello before the deadline") from None
         except ZoneError as exc:
             self._failures += 1
@@ -298,6 +311,18 @@ class Zone:
             self._waiting.remove(launch)
             self.isolation = launch.isolation  # kept even when refused: doctor shows it
         return launch, conn
+
+    async def _hello(self, launch: _Launch) -> ZoneConnection:
+        """The launch's accepted connection; TimeoutError at the deadline, or as soon as
+        its process is seen to have exited without one (no point waiting out the rest)."""
+        deadline = asyncio.get_running_loop().time() + self.settings.hello_timeout
+        while not launch.arrived.done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or launch.handle.returncode is not None:
+                raise TimeoutError
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(launch.arrived), min(left, 0.1))
+        return launch.arrived.result()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ZoneConnection(self, reader, writer)
