@@ -8,7 +8,8 @@ fetch, mid-sanitize, mid-episode, between an action and its bookkeeping; then it
 a last run finish. Afterwards:
 
 * every message is ``done`` or ``quarantined`` (only a message whose zone was killed
-  under it may be quarantined), none pending, the Maildir drained;
+  under it, or that was under three kills in a row, may be), none pending, the
+  Maildir drained;
 * no action ran twice: one outbox file per allowed reply, one per message at most,
   as many as the inbox says were executed, and at most one ``executed`` audit record
   per idempotency key;
@@ -43,7 +44,7 @@ email.*      trigger.flagged=true                        deny
 email.reply  to=@contacts trigger.sender=@contacts       allow
 *            *                                           deny
 """
-ZONE_QUARANTINE_CODES = {"zone_crashed", "zone_timeout", "zone_bad_reply"}
+ZONE_QUARANTINE_CODES = {"zone_crashed", "zone_timeout", "zone_bad_reply", "too_many_attempts"}
 
 
 def mail(index: int) -> bytes:
@@ -158,7 +159,9 @@ def test_kill_9_anywhere_loses_nothing_and_acts_once(tmp_path: Path) -> None:
     assert set(states) <= {"done", "quarantined"}, f"seed {SEED}: {states}"
     codes = [c for (c,) in db.execute("SELECT error_code FROM messages WHERE state='quarantined'")]
     assert set(codes) <= ZONE_QUARANTINE_CODES, f"seed {SEED}: {codes}"
-    assert len(codes) <= killed["zone"], f"seed {SEED}: {codes} with {killed}"
+    poison = codes.count("too_many_attempts")  # three deaths on one message's step
+    assert len(codes) - poison <= killed["zone"], f"seed {SEED}: {codes} with {killed}"
+    assert poison <= sum(killed.values()) // 3, f"seed {SEED}: {codes} with {killed}"
     assert not list((base / "mail" / "new").iterdir())
     assert len(list((base / "mail" / "cur").iterdir())) == MESSAGES
 

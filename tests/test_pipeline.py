@@ -186,6 +186,7 @@ FAULTS = {
     "act": "zone_bad_reply",
     "unknown-type": "zone_bad_reply",
     "hang": "zone_timeout",
+    "flood": "zone_bad_reply",
 }
 
 

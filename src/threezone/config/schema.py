@@ -30,6 +30,9 @@ class ExecutorConfig(_Section, frozen=True):
     # Start each zone's successor ahead of need, so a zone that crashed or was killed is
     # replaced at once instead of after a cold start; costs one idle zone per role.
     spare_zones: bool = True
+    # Tries of one step (sanitize, or an episode that decided nothing yet) whose zone
+    # died under it, before the message is quarantined as poison.
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
     restart_backoff: Annotated[list[Seconds], Meta(min_length=1, max_length=16)] = msgspec.field(
         default_factory=lambda: [0.1, 0.5, 2.0, 5.0]
     )

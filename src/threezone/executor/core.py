@@ -30,7 +30,7 @@ from threezone.backends.base import Backend, Limits, Role, ZoneSpec
 from threezone.config.load import LoadedConfig
 from threezone.connectors.maildir import MaildirSource
 from threezone.connectors.outbox import Outbox
-from threezone.errors import ZoneError, ZoneStartError
+from threezone.errors import ZoneCrashedError, ZoneError, ZoneStartError
 from threezone.executor import canaries
 from threezone.executor.actions import ActionSpec, email_actions
 from threezone.executor.alerts import OwnerAlerts
@@ -332,10 +332,8 @@ class Executor:
     async def process(self, message_id: str) -> Outcome:
         item = self.inbox.get(message_id)
         outcome = Outcome(message_id, item.state, item.sanitized)
-        if item.state is State.RECEIVED:
-            item = await self._sanitize(item)
-        if item.state is State.SANITIZED:
-            item = await self._plan(item, outcome)
+        while item.state in (State.RECEIVED, State.SANITIZED):
+            item = await self._step(item, outcome)
         if item.state is State.PLANNED:
             self.inbox.mark_done(message_id)
             self.audit.append("done", {"message": message_id})
@@ -344,6 +342,32 @@ class Executor:
         outcome.error_code, outcome.error_detail = item.error_code, item.error_detail
         outcome.plan_summary = item.summary
         return outcome
+
+    async def _step(self, item: InboxItem, outcome: Outcome) -> InboxItem:
+        """One try of the message's next zone step (sanitize or plan), counted durably.
+
+        A zone that died under the message gets it again on a fresh zone, up to
+        ``executor.max_attempts`` tries of the step; past that, or when the executor
+        itself died that often on it (the count survives a restart), the message is
+        quarantined as poison. An episode that had already decided an action is never
+        run again by a model-based planner: a model does not repeat itself word for
+        word, so a second run could act twice under new idempotency keys.
+        """
+        limit = self.loaded.config.executor.max_attempts
+        attempts = self.inbox.begin_attempt(item.id)
+        if attempts > limit:
+            detail = f"{limit} attempt(s) at the {item.state} step ended without a result"
+            return self._quarantine(item.id, "too_many_attempts", detail)
+        if item.state is State.RECEIVED:
+            return await self._sanitize(item, retry=attempts < limit)
+        if self._replays_differ() and self.inbox.actions_of(item.id):
+            detail = "an earlier run of this episode decided actions; a model is not run again"
+            return self._quarantine(item.id, "episode_interrupted", detail)
+        return await self._plan(item, outcome, retry=attempts < limit)
+
+    def _replays_differ(self) -> bool:
+        """Whether running an episode again may request different actions."""
+        return self.local_planner is None and self.loaded.config.planner.kind != "hijacked"
 
     def admit(
         self, channel: Channel, source_ref: str, untrusted_raw: bytes, trigger: Trigger
@@ -358,14 +382,14 @@ class Executor:
             )
         return message_id, fresh
 
-    async def _sanitize(self, item: InboxItem) -> InboxItem:
+    async def _sanitize(self, item: InboxItem, *, retry: bool = False) -> InboxItem:
         channel = cast(Channel, item.channel)
         reader = await self._reader(channel)
         request_id = reader.next_id()
         request = SanitizeRequest(
             id=request_id, channel=channel, message_id=item.id, raw=self.inbox.raw(item.id)
         )
-        reply = await self._ask(reader, request, request_id, item.id)
+        reply = await self._ask(reader, request, request_id, item.id, retry=lambda: retry)
         if reply is None:
             return self.inbox.get(item.id)
         if not isinstance(reply, SanitizeResult):
@@ -388,7 +412,7 @@ class Executor:
         )
         return self.inbox.get(item.id)
 
-    async def _plan(self, item: InboxItem, outcome: Outcome) -> InboxItem:
+    async def _plan(self, item: InboxItem, outcome: Outcome, *, retry: bool = False) -> InboxItem:
         assert item.sanitized is not None  # state SANITIZED stores it
         cfg = self.loaded.config.planner
         ctx = EpisodeContext(
@@ -421,6 +445,7 @@ class Executor:
                     request_id,
                     item.id,
                     timeout=cfg.episode_timeout,
+                    retry=lambda: retry and not ctx.decisions,  # nothing decided: nothing lost
                 )
         finally:
             del self._episodes[ctx.episode_id]
@@ -482,13 +507,24 @@ class Executor:
         request: Message,
         request_id: int,
         message_id: str,
+        *,
         timeout: float | None = None,
+        retry: Callable[[], bool] = lambda: False,
     ) -> Message | None:
-        """One zone request; on a zone failure the message is quarantined and None returned."""
+        """One zone request; None when the zone failed. The message is then quarantined,
+        unless the zone crashed and ``retry()`` says it may be tried again."""
         try:
             return await zone.request(request, request_id, timeout)
         except ZoneStartError:
             raise  # our environment's fault, not the message's: leave it pending
+        except ZoneCrashedError as exc:
+            if not retry():
+                log.warning("%s; quarantining %s", exc, message_id)
+                self._quarantine(message_id, exc.code, str(exc))
+                return None
+            log.warning("%s; trying %s again on a fresh zone", exc, message_id)
+            self.audit.append("retry", {"message": message_id, "zone": zone.name, "code": exc.code})
+            return None
         except ZoneError as exc:
             log.warning("%s; quarantining %s", exc, message_id)
             self._quarantine(message_id, exc.code, str(exc))

@@ -132,8 +132,16 @@ class Inbox:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(_SCHEMA)
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
         except sqlite3.DatabaseError as exc:
             raise InboxError(f"{path}: cannot open the inbox database: {exc}") from exc
+        if problems != ["ok"]:
+            db.close()
+            raise InboxError(
+                f"{path}: the inbox database is damaged ({'; '.join(problems)[:500]}); "
+                "nothing was changed: restore it from a backup, or move it aside to start "
+                "with an empty inbox"
+            )
         return cls(db, path)
 
     def close(self) -> None:
@@ -226,7 +234,8 @@ class Inbox:
         self._advance(message_id, State.DONE, None, None)
 
     def _advance(self, message_id: str, to: State, column: str | None, value: object) -> None:
-        sets = "state = ?, updated_at = ?" + (f", {column} = ?" if column else "")
+        # A step that succeeded starts the next one's attempts from zero.
+        sets = "state = ?, updated_at = ?, attempts = 0" + (f", {column} = ?" if column else "")
         params: list[object] = [to, time.time()] + ([value] if column else [])
         with self._tx() as db:
             cursor = db.execute(
@@ -236,6 +245,19 @@ class Inbox:
         if cursor.rowcount != 1:
             state = self.get(message_id).state
             raise InboxError(f"message {message_id!r} is {state}, cannot move to {to}")
+
+    def begin_attempt(self, message_id: str) -> int:
+        """Count one more try of the message's current step; returns the count.
+
+        Counted before the zone sees the message, so a message that kills its zone, or
+        the executor itself, every time is recognised after a restart as well.
+        """
+        with self._tx() as db:
+            db.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (message_id,))
+            row = db.execute("SELECT attempts FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise InboxError(f"no message {message_id!r} in the inbox")
+        return int(row[0])
 
     def quarantine(self, message_id: str, code: str, detail: str) -> None:
         with self._tx() as db:

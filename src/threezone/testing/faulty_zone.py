@@ -10,7 +10,8 @@ It is the real email reader, except that a raw message containing a line
 ``oversize``    it announces a frame over any limit;
 ``act``         it sends an action request, which only the planner may send;
 ``bad-json``    it answers with JSON that breaks the schema (``sanitized: false``);
-``unknown-type`` it answers with a message type the protocol does not have.
+``unknown-type`` it answers with a message type the protocol does not have;
+``flood``       it sends frames nobody asked for, as fast as it can, until cut off.
 
 Start it through the executor with ``zone_modules={"reader-email": MODULE}``.
 """
@@ -88,6 +89,16 @@ def _act(client: ZoneClient, message: SanitizeRequest) -> Message | None:
     return ActionRequest(id=client.next_id(), episode_id="ep-x", action="email.send", args=args)
 
 
+def _flood(client: ZoneClient, message: SanitizeRequest) -> Message | None:
+    frame = b'{"type":"error","id":1,"reply_to":null,"code":"x","detail":"%s"}' % (b"f" * 60_000)
+    try:
+        for _ in range(100_000):
+            _raw_send(client, frame)
+    except OSError:
+        pass  # the executor hung up on us: what it should do
+    return None
+
+
 def _wrong_type(client: ZoneClient, message: SanitizeRequest) -> Message | None:
     return PlanResult(id=client.next_id(), reply_to=message.id, summary="nope", steps=0)
 
@@ -101,6 +112,7 @@ _MODES: dict[str, Callable[[ZoneClient, SanitizeRequest], Message | None]] = {
     "act": _act,
     "unknown-type": _unknown_type,
     "wrong-type": _wrong_type,
+    "flood": _flood,
 }
 
 
