@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ from threezone.audit import (
 )
 from threezone.audit import chain as chain_module
 from threezone.audit.log import format_ts
-from threezone.errors import AuditChainBroken, AuditError
+from threezone.errors import AuditChainBroken, AuditError, StorageError
 
 START = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -401,24 +402,45 @@ def test_append_after_close_is_refused(log_path: Path) -> None:
         log.append("decision", {})
 
 
-def test_failed_write_poisons_the_log(log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_the_disk_has_no_room_for_is_cut_back_and_the_log_goes_on(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = AuditLog.open(log_path, now=fixed_clock())
     log.append("decision", {"n": 0})
+    before = log_path.read_bytes()
     real_write = os.write
 
-    def short_write(fd: int, data: bytes) -> int:
+    def short_write(fd: int, data: bytes) -> int:  # what a filling disk does
         return real_write(fd, data[: len(data) // 2])
 
     monkeypatch.setattr("threezone.audit.log.os.write", short_write)
-    with pytest.raises(AuditError, match="short write"):
+    with pytest.raises(StorageError, match="the record was not written"):
+        log.append("decision", {"n": 1})
+    monkeypatch.undo()
+    assert log_path.read_bytes() == before  # the torn half is gone
+    assert log.head.seq == 0
+    log.append("decision", {"n": 2})  # space came back
+    log.close()
+    assert verify_file(log_path).records == 2
+
+
+def test_any_other_failed_write_poisons_the_log(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog.open(log_path, now=fixed_clock())
+    log.append("decision", {"n": 0})
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("threezone.audit.log.os.fsync", failing_fsync)
+    with pytest.raises(AuditError, match="Input/output error"):
         log.append("decision", {"n": 1})
     monkeypatch.undo()
     with pytest.raises(AuditError, match="earlier write failed"):
         log.append("decision", {"n": 2})
     assert log.head.seq == 0
     log.close()
-    error = broken(log_path)
-    assert (error.line, error.kind) == (2, "truncated-line")
 
 
 # --- what data may hold -----------------------------------------------------------------------

@@ -21,6 +21,7 @@
     │   └── ZoneReplyError                the zone answered with the wrong message or an error
     ├── BackendError                      an isolation backend cannot run here
     ├── InboxError                        the durable inbox refused an operation
+    ├── StorageError                      the state directory is full or read-only (retry later)
     ├── SecretsError                      the secrets file or its key cannot be used (fix)
     │   └── UnknownSecretError            no secret of that name is loaded
     ├── EgressError                       the executor could not reach a destination
@@ -220,6 +221,23 @@ class BackendError(ThreezoneError):
     def __str__(self) -> str:
         tail = f" (fix: {self.fix})" if self.fix else ""
         return f"backend {self.backend}: {self.detail}{tail}"
+
+
+class StorageError(ThreezoneError):
+    """The state directory cannot take a write now: the disk is full, or it is read-only.
+
+    Nothing was half-written: the write that failed was undone (the audit log is cut back
+    to its last whole record; SQLite rolled the transaction back). The executor stops
+    fetching and tries again later; an operator frees space or remounts read-write.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.detail}"
 
 
 class InboxError(ThreezoneError):

@@ -26,6 +26,7 @@ the file) is filled in and recorded as a ``checkpoint_restored`` record.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -57,7 +58,7 @@ from threezone.audit.checkpoint_file import (
     open_checkpoint_file,
     read_checkpoint_lines,
 )
-from threezone.errors import AuditError
+from threezone.errors import AuditError, StorageError
 
 __all__ = [
     "RESERVED_KINDS",
@@ -75,6 +76,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TAIL_BLOCK: Final = 64 * 1024
+_NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 RESERVED_KINDS: Final = frozenset({CHECKPOINT_KIND})
 """Kinds only the log itself writes: a caller cannot forge a checkpoint record."""
@@ -275,17 +277,37 @@ class AuditLog:
         return self._fd
 
     def _write(self, fd: int, line: bytes, durable: bool) -> None:
-        """One ``os.write``, then ``fsync`` if durable; any failure poisons this log object."""
+        """One ``os.write``, then ``fsync`` if durable.
+
+        A record the disk had no room for (or a read-only file system refused) is cut
+        back off the file, so the log still ends in a whole record and the head is
+        unchanged: that is :class:`StorageError`, and appending works again once there is
+        space. Any other failure poisons this log object.
+        """
+        start = os.lseek(fd, 0, os.SEEK_END) if line else 0  # where O_APPEND will write
         try:
             written = os.write(fd, line) if line else 0
             if written != len(line):
-                raise OSError(f"short write: {written} of {len(line)} bytes")
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes")
             if durable:
                 os.fsync(fd)
             self._dirty = not durable
         except OSError as exc:
+            if exc.errno in _NO_ROOM and line and self._cut_back(fd, start):
+                raise StorageError(
+                    str(self._path), f"cannot append ({exc.strerror}); the record was not written"
+                ) from exc
             self._failed = True
             raise AuditError(str(self._path), f"cannot append: {exc}") from exc
+
+    @staticmethod
+    def _cut_back(fd: int, size: int) -> bool:
+        """Remove a partly written record; whether the file ends where it did before."""
+        try:
+            os.ftruncate(fd, size)
+            return os.fstat(fd).st_size == size
+        except OSError:
+            return False
 
 
 def verify_file(path: Path) -> VerifyReport:

@@ -32,7 +32,7 @@ from typing import Protocol
 import msgspec
 
 from threezone.connectors.base import ConnectorState, RawItem, Source
-from threezone.errors import ConnectorError, ThreezoneError, ZoneStartError
+from threezone.errors import ConnectorError, StorageError, ThreezoneError, ZoneStartError
 from threezone.executor.approvals import Approval, ApprovalQueue, ApprovalStatus
 from threezone.executor.broker import peer_credentials
 from threezone.executor.core import Executor, Outcome
@@ -100,6 +100,9 @@ class Status(msgspec.Struct):
     recent: list[RecentDecision] = msgspec.field(default_factory=list)
     processed: int = 0
     stopping: bool = False
+    # Set while the state directory refuses writes (full, read-only): fetching and
+    # processing are paused and retried every ``storage_retry`` seconds.
+    storage_error: str | None = None
 
 
 # --- the agent ------------------------------------------------------------------------------
@@ -131,6 +134,7 @@ class Agent:
         state: ConnectorState | None = None,
         fetch_timeout: float = 30.0,
         approvals_interval: float = 5.0,
+        storage_retry: float = 5.0,
         after_fetch: Mapping[int, Hook] | None = None,
         closers: Sequence[Hook] = (),
     ) -> None:
@@ -140,6 +144,7 @@ class Agent:
         self.state = state
         self.fetch_timeout = fetch_timeout
         self.approvals_interval = approvals_interval
+        self.storage_retry = storage_retry
         # Per source (keyed by id()): work to do after each fetch, e.g. settling button
         # presses and auditing what the connector dropped.
         self.after_fetch = dict(after_fetch or {})
@@ -219,11 +224,17 @@ class Agent:
             backoff.reset()
             status.last_fetch_at = time.time()
             status.last_error = None
-            for item in items:
-                await self._store(source, item)
-                status.fetched += 1
-            if items:
-                self.executor.audit.sync()  # the batch's "received" records, group-committed
+            try:
+                for item in items:
+                    await self._store(source, item)
+                    status.fetched += 1
+                if items:
+                    self.executor.audit.sync()  # the batch's "received" records
+            except StorageError as exc:
+                # Nothing acknowledged that is not stored: the source keeps the rest.
+                await self._storage_paused(exc)
+                continue
+            self._storage_resumed()
             hook = self.after_fetch.get(id(source))
             if hook is not None:
                 try:
@@ -249,6 +260,11 @@ class Agent:
         while (message_id := await self.queue.get()) is not None:
             try:
                 outcome = await self.executor.process(message_id)
+            except StorageError as exc:
+                # The step that failed was rolled back; the message is tried again.
+                await self._storage_paused(exc)
+                self.queue.put_nowait(message_id)
+                continue
             except ZoneStartError as exc:
                 # Our environment's fault, not the message's: it stays pending for the
                 # next start, and the agent stops rather than spin.
@@ -256,7 +272,28 @@ class Agent:
                 raise
             self._remember(outcome)
 
+    async def _storage_paused(self, exc: StorageError) -> None:
+        """Say once why work stopped, then wait before the next try."""
+        if self.status.storage_error is None:
+            log.error(
+                "the state directory refuses writes (%s); fetching and processing are "
+                "paused and retried every %.0f s until it takes writes again",
+                exc,
+                self.storage_retry,
+            )
+        self.status.storage_error = str(exc)
+        await asyncio.sleep(self.storage_retry)
+
+    def _storage_resumed(self) -> None:
+        if self.status.storage_error is None:
+            return
+        log.warning("the state directory takes writes again; resuming")
+        self.status.storage_error = None
+        with contextlib.suppress(StorageError):
+            self.executor.audit.append("storage_resumed", {}, durable=False)
+
     def _remember(self, outcome: Outcome) -> None:
+        self._storage_resumed()
         self.status.processed += 1
         now = time.time()
         for record in outcome.decisions:

@@ -33,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from threezone.errors import ApprovalError
+from threezone.executor.sqlite_tx import write_tx
 from threezone.protocol.messages import ArgValue, Trigger
 
 Clock = Callable[[], float]
@@ -153,13 +154,8 @@ class ApprovalQueue:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_tx(self._db, self.path):
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # --- the executor's side ------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ crash resumes where the message was and never repeats an executed action.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,7 +32,7 @@ from threezone.backends.base import Backend, Limits, Role, ZoneSpec
 from threezone.config.load import LoadedConfig
 from threezone.connectors.maildir import MaildirSource
 from threezone.connectors.outbox import Outbox
-from threezone.errors import ZoneCrashedError, ZoneError, ZoneStartError
+from threezone.errors import StorageError, ZoneCrashedError, ZoneError, ZoneStartError
 from threezone.executor import canaries
 from threezone.executor.actions import ActionSpec, email_actions
 from threezone.executor.alerts import OwnerAlerts
@@ -113,6 +115,7 @@ class Executor:
         self.backend = backend
         self.state_dir = loaded.resolve(cfg.executor.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_writable(self.state_dir)
         self.inbox = Inbox.open(self.state_dir / "inbox.sqlite3")
         self.audit = AuditLog.open(
             self.state_dir / "audit.jsonl",
@@ -358,12 +361,18 @@ class Executor:
         if attempts > limit:
             detail = f"{limit} attempt(s) at the {item.state} step ended without a result"
             return self._quarantine(item.id, "too_many_attempts", detail)
-        if item.state is State.RECEIVED:
-            return await self._sanitize(item, retry=attempts < limit)
-        if self._replays_differ() and self.inbox.actions_of(item.id):
-            detail = "an earlier run of this episode decided actions; a model is not run again"
-            return self._quarantine(item.id, "episode_interrupted", detail)
-        return await self._plan(item, outcome, retry=attempts < limit)
+        try:
+            if item.state is State.RECEIVED:
+                return await self._sanitize(item, retry=attempts < limit)
+            if self._replays_differ() and self.inbox.actions_of(item.id):
+                detail = "an earlier run of this episode decided actions; a model is not run again"
+                return self._quarantine(item.id, "episode_interrupted", detail)
+            return await self._plan(item, outcome, retry=attempts < limit)
+        except StorageError:
+            # A full disk is not the message's fault: this try does not count against it.
+            with contextlib.suppress(StorageError):
+                self.inbox.end_attempt(item.id)
+            raise
 
     def _replays_differ(self) -> bool:
         """Whether running an episode again may request different actions."""
@@ -637,6 +646,23 @@ class Executor:
             )
         record = await self.decider.decide(ctx, request)
         return to_wire(record, zone.next_id(), request.id)
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse to start on a state directory that cannot take a write, and say why.
+
+    (SQLite would only say "unable to open database file".)
+    """
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=directory)
+    except OSError as exc:
+        raise StorageError(
+            str(directory),
+            f"the state directory cannot be written ({exc.strerror}); nothing was changed: "
+            "remount it read-write or free space, then start again",
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 async def run_once(

@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from threezone.errors import InboxError
+from threezone.executor.sqlite_tx import write_tx
 from threezone.protocol.messages import SanitizedMessage, Trigger
 
 _SCHEMA = """
@@ -149,19 +150,8 @@ class Inbox:
 
     @contextmanager
     def _tx(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        if durable:
-            self._db.execute("PRAGMA synchronous=FULL")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        finally:
-            if durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+        with write_tx(self._db, self.path, durable):
+            yield self._db
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -258,6 +248,14 @@ class Inbox:
         if row is None:
             raise InboxError(f"no message {message_id!r} in the inbox")
         return int(row[0])
+
+    def end_attempt(self, message_id: str) -> None:
+        """Take back the count of a try that failed through no fault of the message."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET attempts = attempts - 1 WHERE id = ? AND attempts > 0",
+                (message_id,),
+            )
 
     def quarantine(self, message_id: str, code: str, detail: str) -> None:
         with self._tx() as db:
