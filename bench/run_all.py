@@ -22,6 +22,7 @@ import planner_local
 import policy_decision
 import protocol_codec
 import readers
+import soak
 import zones
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,6 +53,7 @@ def main() -> None:
         "channels_e2e": lambda: channels_e2e.measure(30 if args.quick else 300),
         "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
         "planner_local": lambda: planner_local.measure(1 if args.quick else 3),
+        "soak": lambda: soak.measure(1_000 if args.quick else 10_000),
     }
     results: dict[str, object] = {"machine": machine()}
     for name, run in runs.items():
