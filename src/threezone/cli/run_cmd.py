@@ -103,6 +103,10 @@ def render_status(status: Status) -> Table:
         ran = "ran" if decision.executed else "not run"
         shown = f"{decision.action} {decision.decision} by {decision.rule} ({ran})"
         table.add_row("decision", shown)
+    if status.storage_error:
+        table.add_row(
+            "state", f"[red]PAUSED[/]: the state directory refuses writes: {status.storage_error}"
+        )
     if status.stopping:
         table.add_row("state", "stopping: finishing the message in hand")
     return table
