@@ -19,6 +19,7 @@ a last run finish. Afterwards:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -31,10 +32,13 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import IO
 
+import msgspec
 import pytest
 
 from threezone.audit.verify import verify_log
 from threezone.demo import AUTHSERV_ID, build_workspace
+from threezone.testing.telegram_emulator import TelegramEmulator
+from threezone.testing.workspaces import OWNER, telegram_workspace
 
 MESSAGES = 1_000
 KILLS = 14
@@ -181,4 +185,101 @@ def test_kill_9_anywhere_loses_nothing_and_acts_once(tmp_path: Path) -> None:
     assert runs
     assert max(runs.values()) == 1, f"seed {SEED}: an executed record twice"
     report = verify_log(base / "state" / "audit.jsonl")
+    assert report.clean, f"seed {SEED}: {report.findings[:3]}"
+
+
+# --- the same under the long-running agent, with a real connector ------------------------------
+
+UPDATES = 1_000
+TELEGRAM_POLICY = """\
+telegram.send_message  chat=@owner_chats trigger.channel=telegram  allow
+*                      *                                           deny
+"""
+
+
+def start_agent(config_json: Path, base: Path, log: IO[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "threezone.testing.crashloop",
+            "--agent",
+            str(config_json),
+            str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finished(base: Path) -> int:
+    path = base / "state" / "inbox.sqlite3"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM messages WHERE state IN ('done', 'quarantined')"
+            ).fetchone()
+        except sqlite3.OperationalError:  # created but not yet initialised
+            return 0
+    return int(count)
+
+
+@pytest.mark.slow
+def test_kill_9_under_the_telegram_agent_loses_no_update_and_replies_once(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(SEED)
+    killed: collections.Counter[str] = collections.Counter()
+    with TelegramEmulator() as bot:
+        bot.add_chat(OWNER)
+        loaded = telegram_workspace(tmp_path, bot)
+        lists = {**loaded.config.lists, "owner_chats": [str(OWNER)]}
+        config = msgspec.structs.replace(loaded.config, lists=lists)
+        (loaded.base / "policy.d" / "10-demo.policy").write_text(TELEGRAM_POLICY)
+        config_json = tmp_path / "config.json"
+        config_json.write_bytes(msgspec.json.encode(config))
+        for index in range(UPDATES):
+            bot.inject_message(OWNER, OWNER, f"Message {index}: can we talk later today?")
+        with (tmp_path / "agent.log").open("w") as log:
+            process = start_agent(config_json, loaded.base, log)
+            while sum(killed.values()) < KILLS and finished(loaded.base) < UPDATES:
+                time.sleep(rng.uniform(0.05, 0.8))
+                killed[kill_somewhere(process, rng)] += 1
+                if process.poll() is not None:
+                    process = start_agent(config_json, loaded.base, log)
+            deadline = time.monotonic() + 600
+            while finished(loaded.base) < UPDATES and time.monotonic() < deadline:
+                assert process.poll() is None, (tmp_path / "agent.log").read_text()[-3000:]
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        sent = [message["text"] for message in bot.sent]
+        unconfirmed = bot.pending_update_ids()
+    print(f"seed {SEED}: killed {dict(killed)}; {len(sent)} replies sent")
+    assert killed["executor"] >= 3, f"seed {SEED}: too few agent kills to mean anything"
+
+    db = sqlite3.connect(loaded.base / "state" / "inbox.sqlite3")
+    states = collections.Counter(s for (s,) in db.execute("SELECT state FROM messages"))
+    assert sum(states.values()) == UPDATES, f"seed {SEED}: {states}"  # every update, once
+    assert set(states) <= {"done", "quarantined"}, f"seed {SEED}: {states}"
+    assert unconfirmed == []  # the offset moved past every stored update
+    # Act once: each reply names the message it answers; none was sent twice, and every
+    # send is accounted for (executed, or failed as "may have been delivered").
+    replies = collections.Counter(sent)
+    assert replies
+    assert max(replies.values()) == 1, f"seed {SEED}: a reply sent twice"
+    executed, failed = (
+        db.execute(
+            "SELECT COUNT(*) FROM actions WHERE status = ? AND action = 'telegram.send_message'",
+            (status,),
+        ).fetchone()[0]
+        for status in ("executed", "failed")
+    )
+    assert executed <= len(sent) <= executed + failed, f"seed {SEED}: {executed}, {failed}"
+    assert executed >= UPDATES - states["quarantined"] - failed
+    report = verify_log(loaded.base / "state" / "audit.jsonl")
     assert report.clean, f"seed {SEED}: {report.findings[:3]}"

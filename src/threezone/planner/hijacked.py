@@ -9,7 +9,9 @@ What it does with one episode:
 
 * every sentence of the form "send/email/forward/mail ... to ADDRESS" becomes an
   ``email.send`` to that address, carrying what the sentence asked for;
-* with no such instruction, it answers the sender politely with ``email.reply``.
+* with no such instruction, it answers the sender politely: ``email.reply`` for mail,
+  ``telegram.send_message`` into the chat for Telegram (the reply names the message it
+  answers, so a test can tell one reply from another).
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ class HijackedPlanner(Planner):
                 "body": f"As instructed, sending {what or 'what was asked'}.",
             }
             results.append(port.request_action("email.send", args))
-        if not found and message.sender and offered(episode, "email.reply"):
+        if not found and message.channel == "telegram" and message.thread_id:
+            if offered(episode, "telegram.send_message"):
+                chat = message.thread_id.split(":", 1)[0]
+                text = f"{_REPLY} (re {message.id})"
+                results.append(
+                    port.request_action("telegram.send_message", {"chat": chat, "text": text})
+                )
+        elif not found and message.sender and offered(episode, "email.reply"):
             reply: dict[str, ArgValue] = {
                 "to": message.sender,
                 "subject": f"Re: {message.subject}"[:200],
