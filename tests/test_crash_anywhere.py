@@ -283,3 +283,67 @@ def test_kill_9_under_the_telegram_agent_loses_no_update_and_replies_once(
     assert executed >= UPDATES - states["quarantined"] - failed
     report = verify_log(loaded.base / "state" / "audit.jsonl")
     assert report.clean, f"seed {SEED}: {report.findings[:3]}"
+
+
+# --- the narrowest point, hit on purpose ------------------------------------------------------
+
+DIE_AFTER_DELIVERY = """
+import os, sys
+from threezone.connectors.outbox import Outbox
+from threezone.testing import crashloop
+
+real, calls = Outbox.deliver, []
+
+def deliver(self, *args, **kwargs):
+    path = real(self, *args, **kwargs)
+    calls.append(path)
+    if len(calls) == int(sys.argv[2]):
+        os._exit(137)  # the mail is written; the executor has not recorded it yet
+    return path
+
+Outbox.deliver = deliver
+sys.exit(crashloop.main([sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("nth", [1, 7])
+def test_dying_between_an_action_and_its_record_does_not_act_twice(
+    tmp_path: Path, nth: int
+) -> None:
+    config = build_workspace(tmp_path / "ws")
+    base = config.parent
+    (base / "policy.d" / "10-demo.policy").write_text(POLICY)
+    new = base / "mail" / "new"
+    for old in new.iterdir():
+        old.unlink()
+    for index in range(1, 11):  # 5 and 10 are injections: eight allowed replies
+        (new / f"{index:05}").write_bytes(mail(index))
+    died = subprocess.run(
+        [sys.executable, "-c", DIE_AFTER_DELIVERY, str(config), str(nth)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert died.returncode == 137, died.stderr[-2000:]
+    before = {p: p.read_bytes() for p in (base / "outbox" / "sent").glob("*.eml")}
+    assert len(before) == nth
+    again = subprocess.run(
+        [sys.executable, "-m", "threezone.testing.crashloop", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    sent = sorted(p.stem for p in (base / "outbox" / "sent").glob("*.eml"))
+    assert len(sent) == 8  # the interrupted one was not lost...
+    for path, data in before.items():  # ...nor written again (a new Message-ID would show)
+        assert path.read_bytes() == data
+    db = sqlite3.connect(base / "state" / "inbox.sqlite3")
+    executed = sorted(k for (k,) in db.execute("SELECT key FROM actions WHERE status='executed'"))
+    assert executed == sent
+    records = [json.loads(line) for line in (base / "state" / "audit.jsonl").open()]
+    runs = collections.Counter(r["data"]["key"] for r in records if r["kind"] == "executed")
+    assert sorted(runs) == sent
+    assert set(runs.values()) == {1}
+    assert verify_log(base / "state" / "audit.jsonl").clean
