@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procmem import rss_mib, tree_rss_mib
 
 from threezone.backends import get_backend
 from threezone.executor.agent import Agent
@@ -78,32 +82,6 @@ def _serve_emulator(conn: Connection) -> None:
                 return
             _, chat, sender, text = command
             conn.send(bot.inject_message(chat, sender, text)["update_id"])
-
-
-def _tree_rss_mib(pid: int | None) -> float:
-    """RSS of a process and all its descendants (a zone is bwrap plus the interpreter)."""
-    if pid is None:
-        return 0.0
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += _rss_mib(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                todo += [int(child) for child in task.read_text().split()]
-    return total
-
-
-def _rss_mib(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return 0.0
-    return 0.0
 
 
 class Timing:
@@ -157,11 +135,11 @@ async def _sustain(
         window_count += len(done)
         now = time.monotonic()
         if now - window_start >= min(60.0, seconds):
-            zones = {z.name: _tree_rss_mib(z.pid) for z in agent.executor.zones if z.pid}
+            zones = {z.name: tree_rss_mib(z.pid) for z in agent.executor.zones if z.pid}
             minutes.append(
                 {
                     "messages_per_minute": round(window_count * 60 / (now - window_start), 1),
-                    "executor_rss_mib": round(_rss_mib(os.getpid()), 1),
+                    "executor_rss_mib": round(rss_mib(os.getpid()), 1),
                     **{f"{name}_rss_mib": round(v, 1) for name, v in zones.items()},
                 }
             )

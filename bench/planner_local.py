@@ -17,11 +17,15 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import msgspec
+from procmem import children, tree_rss_mib
 
 from threezone.backends import get_backend
 from threezone.config.load import LoadedConfig, load_config
@@ -29,24 +33,10 @@ from threezone.demo import MESSAGES, build_workspace
 from threezone.executor.core import Executor
 
 
-def _tree_rss_mib(pid: int) -> float:
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        for line in Path(f"/proc/{current}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) / 1024
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            todo += [int(child) for child in task.read_text().split()]
-    return total
-
-
 def _deepest(pid: int) -> int:
     """The zone's interpreter: the last process down bwrap's chain."""
-    while children := [
-        int(c) for t in Path(f"/proc/{pid}/task").glob("*/children") for c in t.read_text().split()
-    ]:
-        pid = children[0]
+    while below := children(pid):
+        pid = below[0]
     return pid
 
 
@@ -83,7 +73,7 @@ async def _run(workspace: Path, rounds: int, threads: int) -> dict[str, float]:
                 walls.append(time.perf_counter() - started)
         pid = executor.planner.pid
         assert pid is not None
-        rss, pss = _tree_rss_mib(pid), _pss_mib(_deepest(pid))
+        rss, pss = tree_rss_mib(pid), _pss_mib(_deepest(pid))
     finally:
         await executor.stop()
     episodes = _episodes(loaded)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from email.message import EmailMessage
 from pathlib import Path
 
 import msgspec
@@ -17,32 +16,23 @@ import pytest
 from threezone.backends import get_backend
 from threezone.config.load import LoadedConfig, load_config
 from threezone.config.schema import PlannerConfig
-from threezone.demo import AUTHSERV_ID, build_workspace
+from threezone.demo import build_workspace, mail_to_owner
 from threezone.errors import AuditChainBroken, InboxError
 from threezone.executor.core import Outcome, run_once
 from threezone.executor.inbox import Inbox, State
 from threezone.testing import faulty_zone
+from threezone.testing.workspaces import replace_mails
 
 
 def mail(subject: str, poison: str | None = None) -> bytes:
-    message = EmailMessage()
-    message["Authentication-Results"] = f"{AUTHSERV_ID}; dmarc=pass header.from=partner.example"
-    message["From"] = "alice@partner.example"
-    message["To"] = "owner@demo.example"
-    message["Subject"] = subject
-    if poison:
-        message["X-Poison"] = poison
-    message.set_content(f"{subject}: can we meet on Tuesday?")
-    return message.as_bytes()
+    headers = {"X-Poison": poison} if poison else {}
+    body = f"{subject}: can we meet on Tuesday?"
+    return mail_to_owner("alice@partner.example", subject, body, headers=headers)
 
 
 def workspace(tmp_path: Path, mails: dict[str, bytes]) -> LoadedConfig:
     loaded = load_config(build_workspace(tmp_path / "ws"))
-    new = loaded.base / "mail" / "new"
-    for old in new.iterdir():
-        old.unlink()
-    for name, raw in mails.items():
-        (new / name).write_bytes(raw)
+    replace_mails(loaded, mails)
     return loaded
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from threezone.backends import get_backend
 from threezone.config.load import LoadedConfig
 from threezone.config.schema import PlannerConfig
-from threezone.demo import AUTHSERV_ID
+from threezone.demo import mail_to_owner
 from threezone.executor.core import Executor, Outcome
 from threezone.executor.inbox import State
 from threezone.planner.prompt import MARK
@@ -40,20 +39,13 @@ def mail(
     message_id: str | None = None,
     references: str | None = None,
 ) -> tuple[str, bytes]:
-    message = EmailMessage()
-    domain = sender.rsplit("@", 1)[1]
-    verdict = f"dmarc=pass header.from={domain}" if authenticated else "dmarc=none"
-    message["Authentication-Results"] = f"{AUTHSERV_ID}; {verdict}"
-    message["From"] = sender
-    message["To"] = "owner@demo.example"
-    message["Subject"] = "Roadmap meeting"
-    if message_id:
-        message["Message-ID"] = message_id
+    headers = {"Message-ID": message_id} if message_id else {}
     if references:
-        message["In-Reply-To"] = references
-        message["References"] = references
-    message.set_content(body)
-    return name, bytes(message)
+        headers |= {"In-Reply-To": references, "References": references}
+    raw = mail_to_owner(
+        sender, "Roadmap meeting", body, authenticated=authenticated, headers=headers
+    )
+    return name, raw
 
 
 def workspace(

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import pytest
 from threezone.audit.verify import verify_log
 from threezone.backends import get_backend
 from threezone.config.load import LoadedConfig, load_config
-from threezone.demo import AUTHSERV_ID, build_workspace
+from threezone.demo import build_workspace, mail_to_owner
 from threezone.errors import ThreezoneError
 from threezone.executor.core import run_once
 from threezone.executor.wiring import build_agent
@@ -48,13 +47,8 @@ def tmpfs(path: Path, size: str) -> Iterator[Callable[[str], None]]:
 
 
 def big_mail(index: int) -> bytes:
-    message = EmailMessage()
-    message["Authentication-Results"] = f"{AUTHSERV_ID}; dmarc=pass header.from=partner.example"
-    message["From"] = "alice@partner.example"
-    message["To"] = "owner@demo.example"
-    message["Subject"] = f"Report {index}"
-    message.set_content(f"Report {index}, can we meet?\n" + "figures " * 40_000)  # ~320 KB
-    return message.as_bytes()
+    body = f"Report {index}, can we meet?\n" + "figures " * 40_000  # ~320 KB
+    return mail_to_owner("alice@partner.example", f"Report {index}", body)
 
 
 def deliver(loaded: LoadedConfig, names: range) -> None:

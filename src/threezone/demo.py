@@ -87,6 +87,23 @@ def _mail(sender: str, subject: str, authenticated: bool) -> EmailMessage:
     return message
 
 
+def mail_to_owner(
+    sender: str,
+    subject: str,
+    body: str,
+    *,
+    authenticated: bool = True,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """A plain-text mail to the demo's owner, as the demo's provider delivers it; tests
+    and benchmarks build their streams with it. ``authenticated``: DMARC passed."""
+    message = _mail(sender, subject, authenticated)
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    return message.as_bytes()
+
+
 def meeting() -> bytes:
     message = _mail("alice@partner.example", "Roadmap meeting on Tuesday?", authenticated=True)
     message.set_content(

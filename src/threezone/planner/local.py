@@ -177,41 +177,32 @@ def chat_turns(messages: list[ChatMessage], tools: list[ToolSpec]) -> list[dict[
     return turns
 
 
-def to_response(text: str, usage: dict[str, Any], step: int) -> LLMResponse | Error:
+def to_response(text: str, usage: dict[str, Any], step: int) -> LLMResponse:
     """The model's constrained answer as the gateway's wire message."""
-    used_in = int(usage.get("prompt_tokens", 0))
-    used_out = int(usage.get("completion_tokens", 0))
+    used = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
     try:
         answer = json.loads(text)
         tool = answer["tool"]
     except (ValueError, KeyError, TypeError):  # constrained, so only a cut-off answer
-        return LLMResponse(
-            id=0,
-            reply_to=0,
-            content="",
-            stop_reason="max_tokens",
-            input_tokens=used_in,
-            output_tokens=used_out,
-        )
+        return _response("", "max_tokens", used)
     if tool == FINISH:
-        summary = str(answer.get("summary", ""))[:MAX_SUMMARY]
-        return LLMResponse(
-            id=0,
-            reply_to=0,
-            content=summary,
-            stop_reason="end_turn",
-            input_tokens=used_in,
-            output_tokens=used_out,
-        )
+        return _response(str(answer.get("summary", ""))[:MAX_SUMMARY], "end_turn", used)
     arguments = json.dumps(answer.get("arguments", {}))
+    call = ToolCall(id=f"local-{step}", name=str(tool)[:64], arguments_json=arguments)
+    return _response("", "tool_use", used, [call])
+
+
+def _response(
+    content: str, stop: str, used: tuple[int, int], calls: list[ToolCall] | None = None
+) -> LLMResponse:
     return LLMResponse(
         id=0,
         reply_to=0,
-        content="",
-        stop_reason="tool_use",
-        input_tokens=used_in,
-        output_tokens=used_out,
-        tool_calls=[ToolCall(id=f"local-{step}", name=str(tool)[:64], arguments_json=arguments)],
+        content=content,
+        stop_reason=stop,
+        input_tokens=used[0],
+        output_tokens=used[1],
+        tool_calls=calls or [],
     )
 
 

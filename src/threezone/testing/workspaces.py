@@ -34,6 +34,15 @@ class Endpoint(Protocol):
     def port(self) -> int: ...
 
 
+def replace_mails(loaded: LoadedConfig, mails: dict[str, bytes]) -> None:
+    """The workspace's Maildir holds exactly ``mails`` (file name -> raw message)."""
+    new = loaded.base / "mail" / "new"
+    for old in new.iterdir():
+        old.unlink()
+    for name, raw in mails.items():
+        (new / name).write_bytes(raw)
+
+
 def telegram_workspace(tmp_path: Path, bot: Endpoint) -> LoadedConfig:
     """The demo workspace without its mails, plus Telegram through ``bot``.
 
@@ -41,8 +50,7 @@ def telegram_workspace(tmp_path: Path, bot: Endpoint) -> LoadedConfig:
     is not the owner. The bot token is stored encrypted, as ``threezone init`` would.
     """
     loaded = load_config(build_workspace(tmp_path / "ws"))
-    for old in (loaded.base / "mail" / "new").iterdir():
-        old.unlink()  # only Telegram traffic here
+    replace_mails(loaded, {})  # only Telegram traffic here
     config = msgspec.structs.replace(
         loaded.config,
         channels=msgspec.structs.replace(
@@ -82,11 +90,7 @@ def llm_workspace(
     """The demo workspace with ``mails`` (name -> raw) instead of its own, and the LLM
     gateway pointed at ``emulator`` in ``provider``'s API, its key stored encrypted."""
     loaded = load_config(build_workspace(tmp_path / "ws"))
-    new = loaded.base / "mail" / "new"
-    for old in new.iterdir():
-        old.unlink()
-    for name, raw in mails.items():
-        (new / name).write_bytes(raw)
+    replace_mails(loaded, mails)
     base = emulator.base_url if provider == "anthropic" else emulator.openai_base_url
     settings = msgspec.convert(
         {"provider": provider, "base_url": base, "model": "test-model", **(llm or {})}, LlmConfig
