@@ -27,13 +27,7 @@ from threezone.demo import build_workspace
 from threezone.executor.core import run_once
 from threezone.executor.inbox import State
 from threezone.executor.planning import planner_zone_args
-from threezone.planner.local import (
-    BUNDLED_SHA256,
-    LocalModel,
-    LocalSettings,
-    ModelError,
-    bundled_model,
-)
+from threezone.planner.local import BUNDLED_SHA256, ModelError, bundled_model
 
 INSTALLED = bundled_model() is not None and importlib.util.find_spec("xllamacpp") is not None
 needs_model = pytest.mark.skipif(
@@ -88,45 +82,57 @@ def test_the_bundled_model_matches_its_pinned_digest() -> None:
 # --- the embedded server's listener -----------------------------------------------------------
 
 
-def _listening_tcp_inodes() -> set[str]:
+LISTENERS = """
+import json, os, sys
+from pathlib import Path
+from threezone.planner.local import LocalModel, LocalSettings
+
+def sockets():
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        target = os.readlink(fd) if fd.exists() else ""
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+def tcp_listening():
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A":  # LISTEN
+            if fields[3] == "0A":
                 inodes.add(fields[9])
     return inodes
 
-
-def _socket_inodes_of_this_process() -> set[str]:
-    found = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            found.add(target[len("socket:[") : -1])
-    return found
+before = sockets()
+model = LocalModel(LocalSettings(path=Path(sys.argv[1]), scratch=Path(sys.argv[2])))
+opened = sockets() - before
+print(json.dumps({"opened": len(opened), "tcp": len(opened & tcp_listening()),
+                  "unix": Path("/proc/net/unix").read_text()}), flush=True)
+os._exit(0)  # see PROBE below: no destructor
+"""
 
 
 @needs_model
 def test_the_server_listens_only_on_a_private_unix_socket(tmp_path: Path) -> None:
-    before = _socket_inodes_of_this_process()
-    local = LocalModel(LocalSettings(path=model(), scratch=tmp_path))
-    try:
-        opened = _socket_inodes_of_this_process() - before
-        assert opened, "xllamacpp opened no listener at all: the check below would be vacuous"
-        assert not opened & _listening_tcp_inodes()
-        [sock] = tmp_path.glob("llm-*.sock")
-        unix = Path("/proc/net/unix").read_text()
-        assert str(sock) in unix
-    finally:
-        del local
+    result = subprocess.run(
+        [sys.executable, "-c", LISTENERS, str(model()), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = json.loads(result.stdout.splitlines()[-1])
+    assert found["opened"], "xllamacpp opened no listener at all: the check would be vacuous"
+    assert found["tcp"] == 0
+    [sock] = tmp_path.glob("llm-*.sock")
+    assert str(sock) in found["unix"]
 
 
+# The server is kept, and the process leaves by os._exit: destroying an xllamacpp.Server
+# right after creating it can wait forever for a main loop that never saw the stop.
 PROBE = """
-import sys, xllamacpp
+import os, sys, xllamacpp
 p = xllamacpp.CommonParams()
 p.model.path = sys.argv[1]
 p.n_ctx = 512
@@ -134,11 +140,12 @@ p.warmup = False
 if sys.argv[2] == "unix":
     p.hostnames = ["/tmp/probe.sock"]
 try:
-    xllamacpp.Server(p)
+    server = xllamacpp.Server(p)
 except RuntimeError as exc:
-    print("REFUSED", exc)
+    print("REFUSED", exc, flush=True)
 else:
-    print("STARTED")
+    print("STARTED", flush=True)
+os._exit(0)
 """
 
 

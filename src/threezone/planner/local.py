@@ -20,6 +20,10 @@ reach) and requires a random key that never leaves this process; inside the sand
 seccomp refuses IP sockets anyway, so a TCP listener could not even be created (the
 server then fails to start; ``tests/test_local_model.py`` shows both).
 
+Exit: destroying an ``xllamacpp.Server`` can wait forever for its main loop (seen when
+it is destroyed soon after it started), so the planner zone leaves with ``os._exit``
+once it has served its last request.
+
 Threads: 1 by default. With 2 threads on a busy 2-core machine generation collapsed
 (the threads wait on each other while the executor and readers hold the cores).
 """

@@ -7,6 +7,7 @@ only through :class:`ZonePort`, which asks the executor; the executor decides.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -140,7 +141,13 @@ def planner_factory(extra: tuple[str, ...]) -> PlannerFactory:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("planner", argv)
-    return serve(args, make_handler(planner_factory(args.extra)))
+    code = serve(args, make_handler(planner_factory(args.extra)))
+    if "xllamacpp" in sys.modules:
+        # Leave without running llama.cpp's destructors: xllamacpp.Server's can wait
+        # forever for its main loop at exit. Nothing of this zone needs saving.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
