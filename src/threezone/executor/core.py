@@ -352,8 +352,8 @@ class Executor:
         A zone that died under the message gets it again on a fresh zone, up to
         ``executor.max_attempts`` tries of the step; past that, or when the executor
         itself died that often on it (the count survives a restart), the message is
-        quarantined as poison. An episode that had already decided an action is never
-        run again by a model-based planner: a model does not repeat itself word for
+        quarantined as poison. An episode whose earlier run had an action admitted is
+        never run again by a model-based planner: a model does not repeat itself word for
         word, so a second run could act twice under new idempotency keys.
         """
         limit = self.loaded.config.executor.max_attempts
@@ -364,15 +364,20 @@ class Executor:
         try:
             if item.state is State.RECEIVED:
                 return await self._sanitize(item, retry=attempts < limit)
-            if self._replays_differ() and self.inbox.actions_of(item.id):
-                detail = "an earlier run of this episode decided actions; a model is not run again"
+            if self._replays_differ() and self._admitted_before(item.id):
+                detail = "an earlier run of this episode admitted actions; a model is not rerun"
                 return self._quarantine(item.id, "episode_interrupted", detail)
             return await self._plan(item, outcome, retry=attempts < limit)
-        except StorageError:
-            # A full disk is not the message's fault: this try does not count against it.
+        except (StorageError, ZoneStartError):
+            # A full disk or a zone that cannot start is not the message's fault: this
+            # try does not count against it.
             with contextlib.suppress(StorageError):
                 self.inbox.end_attempt(item.id)
             raise
+
+    def _admitted_before(self, message_id: str) -> bool:
+        """Whether an earlier run allowed or queued an action (denials change nothing)."""
+        return any(r.decision != "deny" for r in self.inbox.actions_of(message_id))
 
     def _replays_differ(self) -> bool:
         """Whether running an episode again may request different actions."""
