@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -18,6 +21,7 @@ from threezone.config.load import LoadedConfig, load_config
 from threezone.config.schema import PlannerConfig
 from threezone.demo import build_workspace, mail_to_owner
 from threezone.errors import AuditChainBroken, InboxError
+from threezone.executor import runtime_dir
 from threezone.executor.core import Outcome, run_once
 from threezone.executor.inbox import Inbox, State
 from threezone.testing import faulty_zone
@@ -169,3 +173,29 @@ def test_an_interrupted_episode_that_only_was_refused_runs_again(tmp_path: Path)
         again.plan_summary
         == "gateway: llm_unavailable after 0 model call(s); 0 of 0 request(s) executed"
     )
+
+
+def test_runtime_directories_that_dead_executors_left_are_swept(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    me = runtime_dir.process_identity(os.getpid())
+    assert me is not None
+    owners = {
+        "dead": f"{int(gone.stdout)} 12345",  # its executor was killed
+        "reused": f"{os.getpid()} 1",  # the pid lives on in another process
+        "mine": me,  # a running executor: kept
+    }
+    for name, owner in owners.items():
+        (tmp_path / f"threezone-run-{name}").mkdir()
+        (tmp_path / f"threezone-run-{name}" / "owner").write_text(owner)
+    (tmp_path / "threezone-run-unknown").mkdir()  # no owner file: not ours to judge
+    removed = runtime_dir.sweep(tmp_path)
+    assert sorted(p.name for p in removed) == ["threezone-run-dead", "threezone-run-reused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "threezone-run-mine",
+        "threezone-run-unknown",
+    ]

@@ -33,7 +33,7 @@ from threezone.config.load import LoadedConfig
 from threezone.connectors.maildir import MaildirSource
 from threezone.connectors.outbox import Outbox
 from threezone.errors import StorageError, ZoneCrashedError, ZoneError, ZoneStartError
-from threezone.executor import canaries
+from threezone.executor import canaries, runtime_dir
 from threezone.executor.actions import ActionSpec, email_actions
 from threezone.executor.alerts import OwnerAlerts
 from threezone.executor.approvals import DB_NAME as APPROVALS_DB
@@ -163,7 +163,7 @@ class Executor:
             alerts=self.alerts,
         )
         self._episodes: dict[str, EpisodeContext] = {}
-        self._runtime = Path(tempfile.mkdtemp(prefix="threezone-run-"))  # mode 0700
+        self._runtime = runtime_dir.create()  # mode 0700; sweeps what crashes left
         self._modules = {
             **{f"reader-{channel}": READER_MODULE for channel in CHANNELS},
             "planner": PLANNER_MODULE,
