@@ -123,3 +123,4 @@ def test_doctor_reports_every_probe_held_for_the_sandbox() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "NO" not in result.stdout
     assert "landlock ABI" in result.stdout
+    assert "(SHA-256 as pinned; xllamacpp installed)" in " ".join(result.stdout.split())

@@ -31,8 +31,28 @@ async def print_doctor(console: Console, backends: list[str] | None) -> bool:
         f"(rlimits always); seccomp denies {len(DENIED_SYSCALLS)} syscalls and "
         "every socket family but AF_UNIX"
     )
+    console.print(_local_model_line())
     sandbox = [c for c in checks if c.backend == "sandbox"]
     return bool(sandbox) and all(c.ok for c in sandbox)
+
+
+def _local_model_line() -> str:
+    """Whether ``planner.kind = "local"`` can run here with the bundled model."""
+    import importlib.util
+
+    from threezone.planner.local import BUNDLED_SHA256, ModelError, bundled_model, verify_model
+
+    path = bundled_model()
+    if path is None:
+        return "local planner model: not installed (make demo installs it)"
+    try:
+        verify_model(path, BUNDLED_SHA256)
+    except ModelError as exc:
+        return f"[red]local planner model[/]: {exc}"
+    binding = (
+        "xllamacpp installed" if importlib.util.find_spec("xllamacpp") else "xllamacpp MISSING"
+    )
+    return f"local planner model: {path} (SHA-256 as pinned; {binding})"
 
 
 def _table(checks: list[ZoneCheck]) -> Table:
