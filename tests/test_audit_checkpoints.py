@@ -728,3 +728,33 @@ def test_cli_tail_shows_checkpoints(log_path: Path, key: Ed25519PrivateKey) -> N
     result = threezone("audit", "tail", str(log_path), "-n", "1")
     assert result.returncode == 0
     assert "checkpoint covers seq 3" in result.stdout
+
+
+def test_a_full_disk_delays_the_checkpoint_file_and_loses_nothing(
+    log_path: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from threezone.audit import _files
+    from threezone.errors import StorageError
+
+    real = _files.write_all
+    refusals = iter([True])  # the disk is full for the first checkpoint only
+
+    def full_once(fd: int, data: bytes, path: Path) -> None:
+        if next(refusals, False):
+            raise StorageError(str(path), "cannot append (No space left on device)")
+        real(fd, data, path)
+
+    monkeypatch.setattr("threezone.audit.checkpoint_file.write_all", full_once)
+    with open_log(log_path, key) as log:
+        for i in range(EVERY):  # the first checkpoint: in the chain, not in the file
+            log.append("decision", {"n": i})
+        assert lines_of(checkpoints_path(log_path)) == []
+        log.append("decision", {"n": "after"})  # the log goes on
+    records = records_of(log_path)
+    seqs = [r["seq"] for r in records if r["kind"] == "checkpoint"]
+    assert len(seqs) == 2  # the delayed one, then the one written at close
+    assert lines_of(checkpoints_path(log_path)) == [
+        canonical(records[s]["data"]) + b"\n" for s in seqs
+    ]
+    report = verify_log(log_path)
+    assert report.clean, report.findings

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from threezone.audit.chain import MAX_RECORD_BYTES
-from threezone.errors import AuditError
+from threezone.errors import AuditError, StorageError
 
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
@@ -27,15 +28,34 @@ def make_private_and_durable(fd: int, path: Path) -> None:
         raise AuditError(str(path), f"cannot prepare a new log: {exc}") from exc
 
 
+NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def write_all(fd: int, data: bytes, path: Path) -> None:
-    """One write of a short line, then fsync; raises ``AuditError`` on any failure."""
+    """One write of a short line, then fsync.
+
+    A line the disk has no room for is cut back off the file (which then ends where it
+    did) and raises :class:`StorageError`; any other failure raises ``AuditError``.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
     try:
         written = os.write(fd, data)
         if written != len(data):
-            raise OSError(f"short write: {written} of {len(data)} bytes")
+            raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
         os.fsync(fd)
     except OSError as exc:
+        if exc.errno in NO_ROOM and cut_back(fd, start):
+            raise StorageError(str(path), f"cannot append ({exc.strerror})") from exc
         raise AuditError(str(path), f"cannot append: {exc}") from exc
+
+
+def cut_back(fd: int, size: int) -> bool:
+    """Remove a partly written line; whether the file ends where it did before."""
+    try:
+        os.ftruncate(fd, size)
+        return os.fstat(fd).st_size == size
+    except OSError:
+        return False
 
 
 def bounded_lines(file: BinaryIO) -> Iterator[bytes]:

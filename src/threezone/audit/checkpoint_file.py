@@ -82,6 +82,8 @@ class CheckpointFile:
         self.anchor = Anchor(settings.anchor) if settings.anchor is not None else None
         self.anchor_wait = settings.anchor_wait
         self.since = since  # records appended since the last checkpoint record
+        # In the chain, not yet in the file: the disk had no room when they were made.
+        self.unwritten: list[Checkpoint] = []
 
     def write(self, checkpoint: Checkpoint) -> None:
         """Append one line to the checkpoint file and fsync it."""

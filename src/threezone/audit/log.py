@@ -36,7 +36,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Self
 
-from threezone.audit._files import DIR_MODE, FILE_MODE, bounded_lines, make_private_and_durable
+from threezone.audit._files import (
+    DIR_MODE,
+    FILE_MODE,
+    NO_ROOM,
+    bounded_lines,
+    cut_back,
+    make_private_and_durable,
+)
 from threezone.audit.anchor import Anchor
 from threezone.audit.chain import (
     CHECKPOINT_KIND,
@@ -76,7 +83,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TAIL_BLOCK: Final = 64 * 1024
-_NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 RESERVED_KINDS: Final = frozenset({CHECKPOINT_KIND})
 """Kinds only the log itself writes: a caller cannot forge a checkpoint record."""
@@ -185,7 +191,10 @@ class AuditLog:
         came since the last checkpoint. Durable: it fsyncs the records it covers.
         """
         cp = self._cp
-        if cp is None or cp.since == 0:
+        if cp is None:
+            return None
+        if cp.since == 0:
+            self._catch_up(cp)
             return None
         self._writable_fd()
         try:
@@ -194,15 +203,29 @@ class AuditLog:
         except ValueError as exc:
             raise AuditError(str(self._path), f"cannot checkpoint: {exc}") from None
         self._record(CHECKPOINT_KIND, checkpoint.to_data(), durable=True, ts=ts)
-        try:
-            cp.write(checkpoint)
-        except AuditError:
-            self._failed = True  # reopening restores the file from the chain
-            raise
         cp.since = 0
+        cp.unwritten.append(checkpoint)
+        self._catch_up(cp)
         if cp.anchor is not None:
             cp.anchor.submit(checkpoint)
         return checkpoint
+
+    def _catch_up(self, cp: CheckpointFile) -> None:
+        """Write the checkpoints the file lacks, oldest first.
+
+        A full disk leaves them for later (the chain holds them; the next checkpoint or
+        close writes them, and the one gap a crash can leave is restored at open). Any
+        other failure poisons the log: reopening restores the file from the chain.
+        """
+        try:
+            while cp.unwritten:
+                cp.write(cp.unwritten[0])
+                cp.unwritten.pop(0)
+        except StorageError as exc:
+            logger.warning("%s; the checkpoint file will catch up", exc)
+        except AuditError:
+            self._failed = True
+            raise
 
     def sync(self) -> None:
         """fsync records appended with ``durable=False``; a no-op when there are none."""
@@ -293,21 +316,12 @@ class AuditLog:
                 os.fsync(fd)
             self._dirty = not durable
         except OSError as exc:
-            if exc.errno in _NO_ROOM and line and self._cut_back(fd, start):
+            if exc.errno in NO_ROOM and line and cut_back(fd, start):
                 raise StorageError(
                     str(self._path), f"cannot append ({exc.strerror}); the record was not written"
                 ) from exc
             self._failed = True
             raise AuditError(str(self._path), f"cannot append: {exc}") from exc
-
-    @staticmethod
-    def _cut_back(fd: int, size: int) -> bool:
-        """Remove a partly written record; whether the file ends where it did before."""
-        try:
-            os.ftruncate(fd, size)
-            return os.fstat(fd).st_size == size
-        except OSError:
-            return False
 
 
 def verify_file(path: Path) -> VerifyReport:
