@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from threezone.executor.actions import ADDRESS_PATTERN, dry_run_actions
-from threezone.planner.agent import ChatModel, LlmPlanner, LoopSettings, ToolChoice
+from threezone.planner.agent import ChatModel, LlmPlanner, LoopSettings
 from threezone.planner.base import ActionPort
 from threezone.planner.local import FINISH, answer_schema, chat_turns, to_response
 from threezone.planner.prompt import MARK, Framing, first_turn, system_prompt
@@ -28,6 +28,7 @@ from threezone.protocol.messages import (
     LLMResponse,
     SanitizedMessage,
     ToolCall,
+    ToolChoice,
     ToolSpec,
     Trigger,
 )

@@ -31,21 +31,24 @@ def make_private_and_durable(fd: int, path: Path) -> None:
 NO_ROOM: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-def write_all(fd: int, data: bytes, path: Path) -> None:
-    """One write of a short line, then fsync.
+def write_all(fd: int, data: bytes, path: Path, *, durable: bool = True) -> None:
+    """One write of a short line (none for empty ``data``), then fsync if ``durable``.
 
-    A line the disk has no room for is cut back off the file (which then ends where it
-    did) and raises :class:`StorageError`; any other failure raises ``AuditError``.
+    A line the disk has no room for (or a read-only file system refused) is cut back
+    off the file, which then ends where it did, and raises :class:`StorageError`: writing
+    works again once there is space. Any other failure raises ``AuditError``.
     """
-    start = os.lseek(fd, 0, os.SEEK_END)
+    start = os.lseek(fd, 0, os.SEEK_END) if data else 0  # where O_APPEND will write
     try:
-        written = os.write(fd, data)
+        written = os.write(fd, data) if data else 0
         if written != len(data):
             raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except OSError as exc:
-        if exc.errno in NO_ROOM and cut_back(fd, start):
-            raise StorageError(str(path), f"cannot append ({exc.strerror})") from exc
+        if exc.errno in NO_ROOM and data and cut_back(fd, start):
+            detail = f"cannot append ({exc.strerror}); the record was not written"
+            raise StorageError(str(path), detail) from exc
         raise AuditError(str(path), f"cannot append: {exc}") from exc
 
 

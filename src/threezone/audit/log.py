@@ -26,7 +26,6 @@ the file) is filled in and recorded as a ``checkpoint_restored`` record.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -39,10 +38,9 @@ from typing import BinaryIO, Final, Self
 from threezone.audit._files import (
     DIR_MODE,
     FILE_MODE,
-    NO_ROOM,
     bounded_lines,
-    cut_back,
     make_private_and_durable,
+    write_all,
 )
 from threezone.audit.anchor import Anchor
 from threezone.audit.chain import (
@@ -300,28 +298,16 @@ class AuditLog:
         return self._fd
 
     def _write(self, fd: int, line: bytes, durable: bool) -> None:
-        """One ``os.write``, then ``fsync`` if durable.
-
-        A record the disk had no room for (or a read-only file system refused) is cut
-        back off the file, so the log still ends in a whole record and the head is
-        unchanged: that is :class:`StorageError`, and appending works again once there is
-        space. Any other failure poisons this log object.
-        """
-        start = os.lseek(fd, 0, os.SEEK_END) if line else 0  # where O_APPEND will write
+        """:func:`write_all` one record. A full disk leaves the log whole and usable
+        (:class:`StorageError`, the head unchanged); any other failure poisons it."""
         try:
-            written = os.write(fd, line) if line else 0
-            if written != len(line):
-                raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes")
-            if durable:
-                os.fsync(fd)
-            self._dirty = not durable
-        except OSError as exc:
-            if exc.errno in NO_ROOM and line and cut_back(fd, start):
-                raise StorageError(
-                    str(self._path), f"cannot append ({exc.strerror}); the record was not written"
-                ) from exc
+            write_all(fd, line, self._path, durable=durable)
+        except StorageError:
+            raise
+        except AuditError:
             self._failed = True
-            raise AuditError(str(self._path), f"cannot append: {exc}") from exc
+            raise
+        self._dirty = not durable
 
 
 def verify_file(path: Path) -> VerifyReport:

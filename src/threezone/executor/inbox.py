@@ -299,9 +299,10 @@ class Inbox:
 
     def actions_of(self, message_id: str) -> list[ActionRecord]:
         rows = self._db.execute(
-            "SELECT key FROM actions WHERE message_id = ? ORDER BY rowid", (message_id,)
-        ).fetchall()
-        return [record for (key,) in rows if (record := self.action(key)) is not None]
+            f"SELECT {_ACTION_COLUMNS} FROM actions WHERE message_id = ? ORDER BY rowid",  # noqa: S608 - our column list
+            (message_id,),
+        )
+        return [_action_record(row) for row in rows]
 
     def counts(self) -> dict[State, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
@@ -312,14 +313,10 @@ class Inbox:
 
     def action(self, key: str) -> ActionRecord | None:
         row = self._db.execute(
-            "SELECT key, message_id, action, decision, rule, status, result FROM actions"
-            " WHERE key = ?",
+            f"SELECT {_ACTION_COLUMNS} FROM actions WHERE key = ?",  # noqa: S608 - our column list
             (key,),
         ).fetchone()
-        if row is None:
-            return None
-        result = msgspec.json.decode(row[6], type=dict[str, str]) if row[6] else {}
-        return ActionRecord(row[0], row[1], row[2], row[3], row[4], ActionStatus(row[5]), result)
+        return None if row is None else _action_record(row)
 
     def record_decision(
         self, key: str, message_id: str, *, action: str, args: bytes, decision: str, rule: str
@@ -345,3 +342,11 @@ class Inbox:
             (rule, ActionStatus.EXECUTED, since),
         ).fetchone()
         return int(row[0])
+
+
+_ACTION_COLUMNS = "key, message_id, action, decision, rule, status, result"
+
+
+def _action_record(row: tuple[str, str, str, str, str, str, bytes | None]) -> ActionRecord:
+    result = msgspec.json.decode(row[6], type=dict[str, str]) if row[6] else {}
+    return ActionRecord(row[0], row[1], row[2], row[3], row[4], ActionStatus(row[5]), result)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 from threezone.planner.base import ActionPort, Planner, PlanOutcome
 from threezone.planner.prompt import (
@@ -42,12 +42,12 @@ from threezone.protocol.messages import (
     Episode,
     Error,
     LLMResponse,
+    ToolChoice,
     ToolSpec,
 )
 
 BUDGET_RULE = "<budget>"
 LLM_BUDGET_EXHAUSTED = "llm_budget_exhausted"
-ToolChoice = Literal["auto", "none", "required"]
 
 
 class ChatModel(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from threezone.protocol.messages import (
     ActionResult,
@@ -18,6 +18,7 @@ from threezone.protocol.messages import (
     Episode,
     Error,
     LLMResponse,
+    ToolChoice,
     ToolSpec,
 )
 
@@ -42,7 +43,7 @@ class ActionPort(abc.ABC):
         messages: list[ChatMessage],
         max_tokens: int,
         tools: list[ToolSpec] | None = None,
-        tool_choice: Literal["auto", "none", "required"] = "auto",
+        tool_choice: ToolChoice = "auto",
     ) -> LLMResponse | Error:
         """Ask the executor's LLM gateway for a completion (the zone holds no key)."""
         return Error(id=0, reply_to=None, code="llm_unavailable", detail="no LLM on this port")

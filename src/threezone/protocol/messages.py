@@ -45,6 +45,7 @@ Channel = Literal["email", "telegram", "slack"]
 Role = Literal["reader", "planner"]
 Decision = Literal["allow", "deny", "ask"]
 Count = Annotated[int, Meta(ge=0, le=2**53)]
+ToolChoice = Literal["auto", "none", "required"]
 
 
 class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -284,7 +285,7 @@ class LLMRequest(_Message, frozen=True, tag="llm"):
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_LIST)]
     max_tokens: Annotated[int, Meta(ge=1, le=100_000)]
     tools: Annotated[list[ToolSpec], Meta(max_length=64)] = msgspec.field(default_factory=list)
-    tool_choice: Literal["auto", "none", "required"] = "auto"
+    tool_choice: ToolChoice = "auto"
 
 
 class LLMResponse(_Message, frozen=True, tag="llm_result"):

@@ -9,6 +9,7 @@ import msgspec
 
 from threezone.config.load import LoadedConfig, load_config
 from threezone.config.schema import (
+    Config,
     EgressConfig,
     EgressRule,
     LlmConfig,
@@ -51,30 +52,18 @@ def telegram_workspace(tmp_path: Path, bot: Endpoint) -> LoadedConfig:
     """
     loaded = load_config(build_workspace(tmp_path / "ws"))
     replace_mails(loaded, {})  # only Telegram traffic here
-    config = msgspec.structs.replace(
-        loaded.config,
-        channels=msgspec.structs.replace(
-            loaded.config.channels,
-            telegram=TelegramChannelConfig(
-                api_base=bot.base_url,
-                allowed_chats=[OWNER, STRANGER],
-                allowed_users=[OWNER],
-                owner_chat=OWNER,
-                poll_timeout=1,
-            ),
-        ),
-        egress=EgressConfig(
-            allow=[EgressRule(connector="telegram", host="127.0.0.1", port=bot.port)],
-            allow_private=["127.0.0.0/8"],
-        ),
-        secrets=msgspec.structs.replace(
-            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
-        ),
+    telegram = TelegramChannelConfig(
+        api_base=bot.base_url,
+        allowed_chats=[OWNER, STRANGER],
+        allowed_users=[OWNER],
+        owner_chat=OWNER,
+        poll_timeout=1,
     )
-    result = LoadedConfig(config, loaded.base, loaded.path)
-    init_secrets(config.secrets, result.resolve)
-    set_secret(config.secrets, result.resolve, "TELEGRAM_BOT_TOKEN", DEFAULT_TOKEN)
-    return result
+    channels = msgspec.structs.replace(loaded.config.channels, telegram=telegram)
+    config = msgspec.structs.replace(loaded.config, channels=channels)
+    return _on_loopback(
+        loaded, config, ("telegram", bot.port), ("TELEGRAM_BOT_TOKEN", DEFAULT_TOKEN)
+    )
 
 
 def llm_workspace(
@@ -96,18 +85,28 @@ def llm_workspace(
         {"provider": provider, "base_url": base, "model": "test-model", **(llm or {})}, LlmConfig
     )
     config = msgspec.structs.replace(
-        loaded.config,
-        planner=planner or loaded.config.planner,
-        llm=settings,
+        loaded.config, planner=planner or loaded.config.planner, llm=settings
+    )
+    return _on_loopback(loaded, config, ("llm", emulator.port), ("LLM_API_KEY", api_key))
+
+
+def _on_loopback(
+    loaded: LoadedConfig, config: Config, endpoint: tuple[str, int], secret: tuple[str, str]
+) -> LoadedConfig:
+    """``config`` with the connector of ``endpoint`` allowed to 127.0.0.1:port only, and
+    ``secret`` (name, value) stored in a fresh encrypted secrets file."""
+    (connector, port), (name, value) = endpoint, secret
+    config = msgspec.structs.replace(
+        config,
         egress=EgressConfig(
-            allow=[EgressRule(connector="llm", host="127.0.0.1", port=emulator.port)],
+            allow=[EgressRule(connector=connector, host="127.0.0.1", port=port)],
             allow_private=["127.0.0.0/8"],
         ),
         secrets=msgspec.structs.replace(
-            loaded.config.secrets, file="secrets.age", identity="keys/age.key"
+            config.secrets, file="secrets.age", identity="keys/age.key"
         ),
     )
     result = LoadedConfig(config, loaded.base, loaded.path)
     init_secrets(config.secrets, result.resolve)
-    set_secret(config.secrets, result.resolve, "LLM_API_KEY", api_key)
+    set_secret(config.secrets, result.resolve, name, value)
     return result

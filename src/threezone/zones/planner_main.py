@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from threezone.errors import ThreezoneError
 from threezone.planner.agent import LlmPlanner, LoopSettings
@@ -28,6 +27,7 @@ from threezone.protocol.messages import (
     Message,
     PlanRequest,
     PlanResult,
+    ToolChoice,
     ToolSpec,
 )
 from threezone.zones.client import ZoneClient, parse_args
@@ -61,7 +61,7 @@ class ZonePort(ActionPort):
         messages: list[ChatMessage],
         max_tokens: int,
         tools: list[ToolSpec] | None = None,
-        tool_choice: Literal["auto", "none", "required"] = "auto",
+        tool_choice: ToolChoice = "auto",
     ) -> LLMResponse | Error:
         request_id = self.client.next_id()
         request = LLMRequest(
