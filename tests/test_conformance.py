@@ -17,3 +17,8 @@ class TestSandbox(BackendConformance):
 class TestUnsafeProcess(BackendConformance):
     backend_name = "unsafe-process"
     isolated = False
+
+
+class TestQemu(BackendConformance):
+    backend_name = "qemu"
+    isolated = True

@@ -1,12 +1,14 @@
 """Isolation backends: how a zone's process is started and contained."""
 
 from threezone.backends.base import Backend, Limits, ZoneHandle, ZoneSpec
+from threezone.backends.qemu import QemuBackend
 from threezone.backends.sandbox import SandboxBackend
 from threezone.backends.unsafe_process import UnsafeProcessBackend
 from threezone.errors import BackendError
 
 BACKENDS: dict[str, type[Backend]] = {
     SandboxBackend.name: SandboxBackend,
+    QemuBackend.name: QemuBackend,
     UnsafeProcessBackend.name: UnsafeProcessBackend,
 }
 

@@ -160,6 +160,11 @@ class Backend(abc.ABC):
         """The zone's socket path as the zone will see it."""
         return str(spec.socket_path)
 
+    def greeting(self, handle: ZoneHandle) -> bytes:
+        """Bytes the executor writes first on the zone's accepted connection (a VM
+        guest waits for them: it cannot speak before the host end is there)."""
+        return b""
+
     async def start(self, spec: ZoneSpec) -> ZoneHandle:
         try:
             return await self._start(spec)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-import socket
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from threezone.backends.base import Backend, Limits, Role, ZoneSpec
+from threezone.backends.base import Backend, Limits, Role, ZoneHandle, ZoneSpec
 
 EXEC_MODULE = "threezone.zones.sandbox_exec"
 SOCKET_PLACEHOLDER = "{zone_socket}"  # replaced in the command by the socket's inside path
@@ -20,11 +20,22 @@ async def run_in_zone(
     """Run ``command`` as a zone of ``role`` would run; returns the command's exit code."""
     backend.check()
     runtime = Path(tempfile.mkdtemp(prefix="threezone-sandbox-run-"))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    handles: list[ZoneHandle] = []
+    started = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def greet(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # no zone protocol here; a VM guest still waits to be woken
+        await started.wait()
+        if opening := backend.greeting(handles[0]):
+            writer.write(opening)
+            await writer.drain()
+
+    server: asyncio.AbstractServer | None = None
     try:
         zone_dir = runtime / role
         zone_dir.mkdir(mode=0o700)
-        listener.bind(str(zone_dir / "zone.sock"))  # present, as for a real zone, never served
+        server = await asyncio.start_unix_server(greet, path=str(zone_dir / "zone.sock"))
         spec = ZoneSpec(
             name=f"sandbox-run-{role}",
             role=role,
@@ -38,7 +49,12 @@ async def run_in_zone(
         spec = replace(spec, args=("--", *command))
         backend.prepare(spec)
         handle = await backend.start(spec)
+        handles.append(handle)
+        started.set()
         return await handle.wait()
     finally:
-        listener.close()
+        for writer in writers:
+            writer.close()
+        if server is not None:
+            server.close()
         shutil.rmtree(runtime, ignore_errors=True)

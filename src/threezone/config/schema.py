@@ -13,7 +13,7 @@ from msgspec import Meta
 
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 Bytes = Annotated[int, Meta(ge=1024, le=256 * 1024 * 1024)]
-BackendName = Literal["sandbox", "unsafe-process"]
+BackendName = Literal["sandbox", "qemu", "unsafe-process"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -115,6 +115,10 @@ class ZoneConnection:
         self._writer.write(encode_frame(message, self._zone.settings.max_frame_out))
         await self._writer.drain()
 
+    async def send_raw(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
     def expect(self, request_id: int) -> asyncio.Future[Response]:
         """Register interest in the reply to ``request_id`` before sending the request."""
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -203,6 +207,7 @@ class Zone:
         self._conn: ZoneConnection | None = None
         self._conn_task: asyncio.Task[None] | None = None
         self._waiting: list[_Launch] = []  # started, hello not yet accepted
+        self._starting = 0  # backend.start calls in progress
         self._spare: asyncio.Task[tuple[_Launch, ZoneConnection]] | None = None
         self.isolation: IsolationReport | None = None
         self.peer_pid: int | None = None
@@ -287,7 +292,11 @@ class Zone:
     async def _spawn(self) -> tuple[_Launch, ZoneConnection]:
         """Start a zone process and wait for its accepted hello, within the deadline."""
         self.starts += 1
-        handle = await self.backend.start(self.spec)
+        self._starting += 1
+        try:
+            handle = await self.backend.start(self.spec)
+        finally:
+            self._starting -= 1
         launch = _Launch(handle, asyncio.get_running_loop().create_future())
         self._waiting.append(launch)
         try:
@@ -326,7 +335,7 @@ class Zone:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ZoneConnection(self, reader, writer)
-        launch = self._launch_of(writer)
+        launch = await self._launch_of(writer)
         if launch is None:
             conn.close()  # nobody we started is expected on this socket now
             return
@@ -341,17 +350,29 @@ class Zone:
         if not launch.arrived.done():
             launch.arrived.set_result(conn)
 
-    def _launch_of(self, writer: asyncio.StreamWriter) -> _Launch | None:
-        """The waiting launch whose process this peer is (SO_PEERCRED), if any."""
+    async def _launch_of(self, writer: asyncio.StreamWriter) -> _Launch | None:
+        """The waiting launch whose process this peer is (SO_PEERCRED), if any.
+
+        A backend may connect while it is still starting the zone (the qemu backend's
+        launcher connects before QEMU runs), so a peer from a start in progress is
+        given until that start returns."""
         pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
-        for launch in self._waiting:
-            if not launch.arrived.done() and self.backend.peer_allowed(launch.handle, pid, uid):
-                launch.peer_pid = pid  # the zone's own process, as the host sees it
-                return launch
+        deadline = asyncio.get_running_loop().time() + self.settings.hello_timeout
+        while True:
+            for launch in self._waiting:
+                if not launch.arrived.done() and self.backend.peer_allowed(launch.handle, pid, uid):
+                    launch.peer_pid = pid  # the zone's own process, as the host sees it
+                    return launch
+            if not self._starting or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.005)
         log.warning("zone %s: refused a connection from pid=%d uid=%d", self.name, pid, uid)
         return None
 
     async def _greet(self, conn: ZoneConnection, launch: _Launch) -> None:
+        opening = self.backend.greeting(launch.handle)
+        if opening:
+            await conn.send_raw(opening)
         hello = await conn.read_message()
         if not isinstance(hello, Hello):
             raise ZoneReplyError(self.name, f"expected hello, got {type(hello).__name__}")

@@ -13,7 +13,7 @@ import struct
 import msgspec
 
 from threezone.errors import FrameTooLargeError, LocalProtocolError, RemoteProtocolError
-from threezone.protocol.messages import Message
+from threezone.protocol.messages import Message, Wake
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -39,6 +39,19 @@ def encode_frame(message: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
             f"{type(message).__name__} encodes to {len(body)} bytes, over the {max_frame} limit"
         )
     return HEADER.pack(len(body)) + body
+
+
+def encode_wake(wake: Wake) -> bytes:
+    """A :class:`Wake` as one frame (it is not part of the :data:`Message` union)."""
+    body = _encoder.encode(wake)
+    return HEADER.pack(len(body)) + body
+
+
+def decode_wake(untrusted_body: bytes) -> Wake:
+    try:
+        return msgspec.json.decode(untrusted_body, type=Wake)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"invalid wake frame: {exc}") from exc
 
 
 def decode_body(untrusted_body: bytes) -> Message:

@@ -212,6 +212,23 @@ class IsolationReport(_Frozen, frozen=True):
     probes: Annotated[list[Probe], Meta(max_length=64)]
 
 
+class Wake(_Frozen, frozen=True):
+    """The executor's first frame to a ``qemu`` zone's guest, before the zone's hello.
+
+    A guest started from a template shares the template's memory, so it shares its
+    random state too: ``seed`` reseeds the guest kernel's generator, and ``time_ns``
+    sets its clock. ``argv`` says which zone program to become (one template serves
+    every zone), as ``uid`` with these ``limits`` under this seccomp ``filter``.
+    """
+
+    seed: Annotated[bytes, Meta(min_length=32, max_length=64)]
+    time_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    argv: Annotated[list[Annotated[str, Meta(max_length=4096)]], Meta(max_length=64)]
+    uid: Annotated[int, Meta(ge=1, le=2**31 - 1)]
+    limits: Annotated[list[Count], Meta(min_length=4, max_length=4)]
+    filter: Annotated[bytes, Meta(max_length=65536)]
+
+
 # --- the wire union ---------------------------------------------------------------------------
 
 

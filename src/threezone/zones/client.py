@@ -57,8 +57,46 @@ def parse_args(role: Role, argv: list[str] | None = None) -> ZoneArgs:
     )
 
 
+class FdChannel:
+    """An inherited descriptor (``--socket /dev/fd/N``) used like a connected socket.
+
+    A ``qemu`` zone's channel is a virtio-serial port its guest's init opened: the
+    port allows one opener, so the zone gets the open descriptor, not the path.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self._fd, size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+FD_PREFIX = "/dev/fd/"
+
+
+def open_channel(path: str) -> socket.socket | FdChannel:
+    """The zone's connection: a Unix socket's path, or ``/dev/fd/N`` for one inherited."""
+    if path.startswith(FD_PREFIX) and path[len(FD_PREFIX) :].isdigit():
+        return FdChannel(int(path[len(FD_PREFIX) :]))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ZoneClient:
-    def __init__(self, sock: socket.socket, args: ZoneArgs) -> None:
+    def __init__(self, sock: socket.socket | FdChannel, args: ZoneArgs) -> None:
         self._sock = sock
         self._args = args
         self._decoder = FrameDecoder(args.max_frame)
@@ -66,9 +104,7 @@ class ZoneClient:
 
     @classmethod
     def connect(cls, args: ZoneArgs, isolation: IsolationReport | None = None) -> ZoneClient:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(args.socket)
-        client = cls(sock, args)
+        client = cls(open_channel(args.socket), args)
         hello = Hello(
             zone=args.zone,
             role=args.role,
