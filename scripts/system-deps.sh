@@ -27,6 +27,13 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   [ -x /usr/sbin/postfix ] || needed+=(postfix)
 fi
 
+# The qemu backend fetches its guest kernel with `apt-get download`, which needs apt's
+# package lists; a fresh machine may have none yet.
+if [ "$(id -u)" -eq 0 ] && command -v apt-cache >/dev/null \
+  && ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  apt-get update -qq || true
+fi
+
 [ ${#needed[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -14,6 +14,8 @@ from threezone.zones.probes import PROBE_NAMES
 EXPLAIN = {
     "sandbox": "bubblewrap namespaces + seccomp + Landlock + rlimits/cgroups: process-level "
     "isolation on the host kernel (a kernel exploit defeats it; the VM backend is for that)",
+    "qemu": "a QEMU microVM per zone: its own kernel, no network device, one virtio-serial "
+    "port; inside, the sandbox's seccomp filter, uid, rlimits and Landlock",
     "unsafe-process": "a plain subprocess: NO isolation, for debugging only",
 }
 
@@ -31,9 +33,19 @@ async def print_doctor(console: Console, backends: list[str] | None) -> bool:
         f"(rlimits always); seccomp denies {len(DENIED_SYSCALLS)} syscalls and "
         "every socket family but AF_UNIX"
     )
+    if any(c.backend == "qemu" and not c.error for c in checks):
+        console.print(_qemu_line())
     console.print(_local_model_line())
     sandbox = [c for c in checks if c.backend == "sandbox"]
     return bool(sandbox) and all(c.ok for c in sandbox)
+
+
+def _qemu_line() -> str:
+    """The accelerator the qemu backend uses here, and why; its kernel and bundle."""
+    from threezone.backends.qemu import QemuBackend
+
+    facts = QemuBackend().describe()
+    return "qemu: " + "; ".join(f"{key} {value}" for key, value in facts.items())
 
 
 def _local_model_line() -> str:
