@@ -134,22 +134,13 @@ class QemuBackend(Backend):
         self._launches = itertools.count(1)
         self.boot_seconds: float | None = None  # the template's cold boot, once known
 
-    # --- identity (as the sandbox backend: one unprivileged uid per zone name) ----------------
+    # --- identity: one unprivileged uid per zone name for its QEMU; the socket stays the
+    # executor's own (the launcher connects it before dropping to that uid) -----------
 
     def zone_uid(self, zone: str) -> int:
         if zone not in self._uids:
             self._uids[zone] = self.uid_base + 1 + len(self._uids)
         return self._uids[zone]
-
-    def prepare(self, spec: ZoneSpec) -> None:
-        uid = self.zone_uid(spec.name)
-        directory = spec.socket_path.parent
-        directory.parent.chmod(0o711)
-        if os.geteuid() == 0:
-            os.chown(directory, 0, uid)
-            directory.chmod(0o750)
-            os.chown(spec.socket_path, uid, uid)
-            spec.socket_path.chmod(0o600)
 
     def peer_allowed(self, handle: ZoneHandle, pid: int, uid: int) -> bool:
         """The launcher connects as this executor's user, in the process that becomes
