@@ -114,11 +114,21 @@ def mount_basics(libc: ctypes.CDLL) -> None:
         ("proc", "/proc", "proc", "hidepid=invisible", flags),
         ("sysfs", "/sys", "sysfs", "", flags),
         ("devtmpfs", "/dev", "devtmpfs", "mode=0755", _MS_NOSUID | _MS_NOEXEC),
-        ("tmpfs", SCRATCH, "tmpfs", "mode=1777,size=32m", _MS_NOSUID | _MS_NODEV),
     ):
         _check(
             libc.mount(source.encode(), target.encode(), kind.encode(), extra, options.encode()),
             f"mount {target}",
+        )
+    # The scratch tmpfs, unless the bundle itself lives under /tmp (a checkout there):
+    # a mount would hide it, and the guest's root is a private tmpfs anyway.
+    if any(os.scandir(SCRATCH)):
+        os.chmod(SCRATCH, 0o1777)  # noqa: S103 - the guest's own scratch, as a tmpfs would be
+    else:
+        _check(
+            libc.mount(
+                b"tmpfs", SCRATCH.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777,size=32m"
+            ),
+            f"mount {SCRATCH}",
         )
     if not os.path.lexists("/dev/fd"):
         os.symlink("/proc/self/fd", "/dev/fd")
