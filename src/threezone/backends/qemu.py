@@ -43,6 +43,7 @@ import signal
 import socket
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,10 +358,9 @@ class QemuBackend(Backend):
             ) -> None:
                 conns.append(writer)
                 try:
-                    line = await reader.readuntil(TEMPLATE_READY)
+                    await reader.readuntil(TEMPLATE_READY)
                     if not ready.done():
                         ready.set_result(None)
-                    del line
                     await reader.read()  # hold the host end open until QEMU quits
                 except (
                     asyncio.IncompleteReadError,
@@ -466,6 +466,8 @@ class Template:
         self.ram = ram
         self.state = state
         self.memory_mb = memory_mb
+        # The RAM memfd is the guest's whole memory: free it with the template, not at exit.
+        weakref.finalize(self, _close_all, ram, state)
 
     def clone_argv(self, fds: list[int]) -> tuple[list[str], int]:
         ram = os.open(f"/proc/self/fd/{self.ram}", os.O_RDONLY | os.O_CLOEXEC)
@@ -479,11 +481,6 @@ class Template:
             "-incoming",
             "defer",  # the state is loaded over QMP once x-ignore-shared is set
         ], state
-
-    def close(self) -> None:
-        for fd in (self.ram, self.state):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class QemuHandle(ProcessHandle):
@@ -627,6 +624,12 @@ def _qmp_listener(directory: Path, fds: list[int]) -> int:
     fds.append(listener.detach())
     os.set_inheritable(fds[-1], False)
     return fds[-1]
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _open_fd(path: Path, fds: list[int]) -> int:

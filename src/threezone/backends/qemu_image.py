@@ -19,6 +19,7 @@ cannot be done here, :class:`~threezone.errors.BackendError` names the command t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -307,8 +308,10 @@ print(json.dumps({"files": files, "path": sys.path, "executable": sys.executable
 """
 
 
-def collect_files() -> tuple[set[str], str]:
-    """Every file the guest needs: modules the zones import, the interpreter, its libs."""
+@functools.cache
+def collect_files() -> tuple[frozenset[str], str]:
+    """Every file the guest needs: modules the zones import, the interpreter, its libs.
+    Listed once per process (a subprocess imports every zone program to find them)."""
     python = os.path.realpath(sys.executable)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep + os.pathsep.join(_python_path())}
     result = subprocess.run(
@@ -336,7 +339,7 @@ def collect_files() -> tuple[set[str], str]:
     files.add(str(stdlib / "os.py"))  # the landmark Python finds its prefix by
     for binary in [f for f in files if _is_elf(f)]:
         files |= shared_libraries(binary)
-    return files, python
+    return frozenset(files), python
 
 
 def _python_path() -> list[str]:
@@ -445,7 +448,7 @@ def _pad(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def write_initramfs(out: object, files: set[str], python: str, kernel: Kernel) -> None:
+def write_initramfs(out: object, files: frozenset[str], python: str, kernel: Kernel) -> None:
     """The bundle: host files at their own paths, compiled; /init; the modules."""
     cpio = CpioWriter(out)
     for name in ("dev", "proc", "sys", "tmp", "run"):
@@ -504,7 +507,7 @@ def compile_pyc(path: str) -> bytes:
     )
 
 
-def stdlib_archive(loose: set[str]) -> bytes:
+def stdlib_archive(loose: frozenset[str]) -> bytes:
     """The rest of the standard library, compiled, as a zip on ``sys.path`` after the
     loose files: a module imported lazily (argparse's shutil) is still found."""
     import io
