@@ -131,7 +131,11 @@ class QemuBackend(Backend):
         self._bundle: Bundle | None = None
         self._filter: bytes | None = None
         self._template: Template | None = None
-        self._template_lock = asyncio.Lock()
+        # One lock per event loop: a backend outlives an asyncio.run (tests share one
+        # template across many), and a lock belongs to the loop it first waited in.
+        self._template_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
         self._launches = itertools.count(1)
         self.boot_seconds: float | None = None  # the template's cold boot, once known
 
@@ -337,7 +341,9 @@ class QemuBackend(Backend):
     # --- the template -------------------------------------------------------------------------
 
     async def template(self) -> Template:
-        async with self._template_lock:
+        loop = asyncio.get_running_loop()
+        lock = self._template_locks.setdefault(loop, asyncio.Lock())
+        async with lock:
             if self._template is None:
                 self._template = await self._build_template()
             return self._template

@@ -115,9 +115,12 @@ class BackendConformance:
     backend_name: ClassVar[str]
     isolated: ClassVar[bool]
 
-    @pytest.fixture
-    def backend(self) -> Backend:
-        backend = get_backend(self.backend_name)
+    # One backend per class: the qemu backend's template (a VM booted once, ~7 s under
+    # TCG) is then shared by every test of the class, as an executor shares it.
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def backend(request: pytest.FixtureRequest) -> Backend:
+        backend = get_backend(request.cls.backend_name)
         backend.check()
         return backend
 
