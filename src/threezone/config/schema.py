@@ -221,6 +221,27 @@ class PlannerConfig(_Section, frozen=True):
     memory_mb: Annotated[int, Meta(ge=128, le=65_536)] = 1024  # the planner zone's limit
 
 
+class ReaderConfig(_Section, frozen=True):
+    # A fresh reader zone for every message (a template clone under qemu, a new sandbox
+    # otherwise), killed once it answered: what one message did to its reader cannot
+    # reach the next. Costs a zone start per message (see the README's numbers).
+    disposable: bool = False
+
+
+class ReadersConfig(_Section, frozen=True):
+    email: ReaderConfig = ReaderConfig()
+    telegram: ReaderConfig = ReaderConfig()
+    slack: ReaderConfig = ReaderConfig()
+
+
+class QemuConfig(_Section, frozen=True):
+    """The ``qemu`` backend: each guest's RAM, the accelerator, template clones."""
+
+    memory_mb: Annotated[int, Meta(ge=160, le=16_384)] = 160
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    template: bool = True  # clone a booted template VM (False: every zone boots cold)
+
+
 class Config(_Section, frozen=True):
     executor: ExecutorConfig = ExecutorConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -234,3 +255,5 @@ class Config(_Section, frozen=True):
     audit: AuditConfig = AuditConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
     llm: LlmConfig = LlmConfig()
+    readers: ReadersConfig = ReadersConfig()
+    qemu: QemuConfig = QemuConfig()

@@ -81,6 +81,10 @@ class ZoneSettings:
     start_attempts: int = 3
     # Keep one fresh zone started ahead of need, so a restart adopts it at once.
     spare: bool = False
+    # One zone per request: each request gets a zone that has seen nothing before, and
+    # the zone is killed once it answered (or failed), so whatever one message did to
+    # its reader cannot reach the next. Requests then take turns.
+    disposable: bool = False
 
 
 @dataclass(slots=True)
@@ -216,6 +220,7 @@ class Zone:
         self._healthy = False  # False from the moment we kill it until a new hello
         self.starts = 0
         self._lock = asyncio.Lock()
+        self._turn = asyncio.Lock()  # disposable zones: one request per zone
 
     @property
     def name(self) -> str:
@@ -344,7 +349,15 @@ class Zone:
         except (ThreezoneError, asyncio.IncompleteReadError, ConnectionError) as exc:
             conn.close()
             if not launch.arrived.done():
-                error = exc if isinstance(exc, ZoneError) else ZoneStartError(self.name, str(exc))
+                error = (
+                    exc
+                    if isinstance(exc, ZoneError)
+                    else ZoneStartError(
+                        self.name, f"closed its connection before its hello ({exc})"
+                    )
+                    if isinstance(exc, asyncio.IncompleteReadError | ConnectionError)
+                    else ZoneStartError(self.name, str(exc))
+                )
                 launch.arrived.set_exception(error)
             return
         if not launch.arrived.done():
@@ -401,7 +414,23 @@ class Zone:
 
         A missed deadline kills the zone (it restarts on the next request); a dead
         connection raises :class:`ZoneCrashedError`. Either way the caller quarantines.
+        A disposable zone is killed after every request, whatever its outcome.
         """
+        if not self.settings.disposable:
+            return await self._request(message, request_id, timeout)
+        async with self._turn:
+            try:
+                return await self._request(message, request_id, timeout)
+            finally:
+                await self._dispose()
+
+    async def _dispose(self) -> None:
+        """End the zone that served one request (no failure: it did its one job)."""
+        async with self._lock:
+            self._kill()
+            await self._reap()
+
+    async def _request(self, message: Message, request_id: int, timeout: float | None) -> Response:
         conn, reply = await self._send(message, request_id)
         try:
             result = await asyncio.wait_for(reply, timeout or self.settings.request_timeout)

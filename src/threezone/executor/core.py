@@ -211,6 +211,7 @@ class Executor:
         *,
         limits: Limits | None = None,
         read_only: tuple[Path, ...] = (),
+        disposable: bool = False,
     ) -> Zone:
         cfg = self.loaded.config.executor
         settings = ZoneSettings(
@@ -220,6 +221,7 @@ class Executor:
             max_frame_out=cfg.max_raw_bytes * 4 // 3 + 1024 * 1024,
             restart_backoff=tuple(cfg.restart_backoff),
             spare=cfg.spare_zones,
+            disposable=disposable,
         )
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(exist_ok=True)
@@ -302,7 +304,8 @@ class Executor:
         """The channel's reader zone; one per channel, opened on first use."""
         zone = self.readers.get(channel)
         if zone is None:
-            zone = self._zone(f"reader-{channel}", "reader", ())
+            disposable = getattr(self.loaded.config.readers, channel).disposable
+            zone = self._zone(f"reader-{channel}", "reader", (), disposable=disposable)
             self.readers[channel] = zone
             self.zones.append(zone)
             await zone.listen()

@@ -12,6 +12,9 @@ It is the real email reader, except that a raw message containing a line
 ``bad-json``    it answers with JSON that breaks the schema (``sanitized: false``);
 ``unknown-type`` it answers with a message type the protocol does not have;
 ``flood``       it sends frames nobody asked for, as fast as it can, until cut off.
+``implant``     it answers normally, but from then on this process rewrites the body of
+                every message it sanitizes (what a compromised reader would do to the
+                next message, unless that message gets a fresh zone).
 
 Start it through the executor with ``zone_modules={"reader-email": MODULE}``.
 """
@@ -25,18 +28,23 @@ import sys
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from threezone.protocol.messages import (
     ActionRequest,
     ArgValue,
     Message,
     PlanResult,
     SanitizeRequest,
+    SanitizeResult,
 )
 from threezone.zones import reader_main
 from threezone.zones.client import ZoneClient, parse_args
 from threezone.zones.serve import serve
 
 MODULE = __name__
+IMPLANTED = "[implanted] "
+_implanted = False  # set by an ``implant`` message, for the rest of this process's life
 _POISON = re.compile(rb"^X-Poison: ([a-z-]+)\r?$", re.MULTILINE)
 
 
@@ -46,12 +54,28 @@ def _raw_send(client: ZoneClient, body: bytes) -> None:
 
 def handle(client: ZoneClient, message: Message) -> Message | None:
     found = _POISON.search(message.raw) if isinstance(message, SanitizeRequest) else None
-    if found is None or not isinstance(message, SanitizeRequest):
-        return reader_main.handle(client, message)
-    misbehave = _MODES.get(found.group(1).decode())
-    if misbehave is None:
-        return reader_main.handle(client, message)
+    misbehave = _MODES.get(found.group(1).decode()) if found else None
+    if misbehave is None or not isinstance(message, SanitizeRequest):
+        return _honest(client, message)
     return misbehave(client, message)
+
+
+def _honest(client: ZoneClient, message: Message) -> Message | None:
+    """The real reader's answer, rewritten if an earlier message planted the implant."""
+    reply = reader_main.handle(client, message)
+    if _implanted and isinstance(reply, SanitizeResult):
+        body = IMPLANTED + reply.message.body
+        return msgspec.structs.replace(
+            reply, message=msgspec.structs.replace(reply.message, body=body)
+        )
+    return reply
+
+
+def _implant(client: ZoneClient, message: SanitizeRequest) -> Message | None:
+    global _implanted  # noqa: PLW0603 - the point: state that outlives one message
+    reply = _honest(client, message)
+    _implanted = True
+    return reply
 
 
 def _crash(client: ZoneClient, message: SanitizeRequest) -> Message | None:
@@ -113,6 +137,7 @@ _MODES: dict[str, Callable[[ZoneClient, SanitizeRequest], Message | None]] = {
     "unknown-type": _unknown_type,
     "wrong-type": _wrong_type,
     "flood": _flood,
+    "implant": _implant,
 }
 
 
