@@ -133,9 +133,9 @@ class QemuBackend(Backend):
         self._template: Template | None = None
         # One lock per event loop: a backend outlives an asyncio.run (tests share one
         # template across many), and a lock belongs to the loop it first waited in.
-        self._template_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, asyncio.Lock
-        ] = weakref.WeakKeyDictionary()
+        self._template_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._launches = itertools.count(1)
         self.boot_seconds: float | None = None  # the template's cold boot, once known
 
@@ -319,7 +319,12 @@ class QemuBackend(Backend):
             "console=ttyS0",
             "quiet",
             "loglevel=3",
-            "panic=-1",
+            "panic=-1",  # a panic ends the VM at once (a reboot, which -no-reboot makes an exit)
+            "reboot=t",  # by a triple fault: microvm has no ACPI reset or keyboard controller
+            # The host can end a guest from outside its kernel: QMP inject-nmi panics it
+            # (microvm has no NMI reason port: the kernel reads 0xff, "PCI SERR").
+            "sysctl.kernel.panic_on_unrecovered_nmi=1",
+            "sysctl.kernel.unknown_nmi_panic=1",
             "pci=off",
             f"tsc_early_khz={tsc_khz()}",
             "rdinit=/init",

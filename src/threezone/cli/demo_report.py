@@ -37,7 +37,7 @@ async def print_demo(console: Console, workspace: Path, planner: str = "hijacked
             title="threezone demo",
         )
     )
-    outcomes = await run_once(loaded, get_backend(loaded.config.executor.backend))
+    outcomes = await run_once(loaded, get_backend(loaded.config.executor.backend, loaded.config))
     for outcome in outcomes:
         console.print(_message_panel(outcome, workspace))
     return _summary(console, workspace, outcomes)

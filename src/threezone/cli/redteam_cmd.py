@@ -42,7 +42,7 @@ def redteam(
     try:
         loaded = load_config_or_default(config)
         records = read_corpus(_lines(corpus), str(corpus))
-        chosen = get_backend(backend or loaded.config.executor.backend)
+        chosen = get_backend(backend or loaded.config.executor.backend, loaded.config)
         report = asyncio.run(run_redteam(loaded, chosen, records))
     except ThreezoneError as exc:
         raise fail(exc) from exc

@@ -47,7 +47,7 @@ def run(
     )
     try:
         loaded = load_config(config)
-        agent = build_agent(loaded, get_backend(loaded.config.executor.backend))
+        agent = build_agent(loaded, get_backend(loaded.config.executor.backend, loaded.config))
         asyncio.run(_run(agent, show_live))
     except ThreezoneError as exc:
         raise fail(exc, 1) from exc

@@ -32,7 +32,7 @@ from threezone.executor.wiring import build_agent
 
 async def drain(config: Path) -> int:
     loaded = load_config(config)
-    executor = Executor(loaded, get_backend(loaded.config.executor.backend))
+    executor = Executor(loaded, get_backend(loaded.config.executor.backend, loaded.config))
     try:
         await executor.start()
         while True:
@@ -50,7 +50,7 @@ async def drain(config: Path) -> int:
 async def agent(config_json: Path, base: Path) -> int:
     config = msgspec.json.decode(config_json.read_bytes(), type=Config)
     loaded = LoadedConfig(config, base, None)
-    running = build_agent(loaded, get_backend(config.executor.backend))
+    running = build_agent(loaded, get_backend(config.executor.backend, config))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await running.run(stop)

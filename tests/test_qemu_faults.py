@@ -1,0 +1,224 @@
+"""Faults of the qemu backend: guests that panic, flood, never wake; a damaged kernel cache.
+
+Real microVMs (TCG here), one template for the module. Each fault must end in a typed
+error, a dead QEMU, and a fresh clone serving the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from threezone.backends import get_backend
+from threezone.backends.base import ZoneHandle, ZoneSpec
+from threezone.backends.qemu import QMP_SOCKET, QemuBackend, QemuHandle, Qmp
+from threezone.backends.qemu_image import _load_kernel, cache_root, ensure_kernel
+from threezone.config.schema import Config, QemuConfig
+from threezone.errors import (
+    BackendError,
+    ZoneCrashedError,
+    ZoneReplyError,
+    ZoneStartError,
+)
+from threezone.executor.broker import Zone, ZoneSettings
+from threezone.protocol.messages import SanitizeRequest, SanitizeResult
+from threezone.testing import faulty_zone
+
+T = TypeVar("T")
+
+
+class NoWake(QemuBackend):
+    """An executor that never sends the wake: the guest waits in its template pause."""
+
+    def greeting(self, handle: ZoneHandle) -> bytes:
+        return b""
+
+
+class BadWake(QemuBackend):
+    """An executor whose wake is not a wake frame."""
+
+    def greeting(self, handle: ZoneHandle) -> bytes:
+        return b"\x00\x00\x00\x08notawake"
+
+
+@pytest.fixture(scope="module")
+def backend() -> QemuBackend:
+    backend = QemuBackend()
+    backend.check()
+    return backend
+
+
+def request(raw: bytes, request_id: int) -> SanitizeRequest:
+    return SanitizeRequest(id=request_id, channel="email", message_id="email:q", raw=raw)
+
+
+def with_zone(
+    backend: QemuBackend,
+    body: Callable[[Zone], Awaitable[T]],
+    settings: ZoneSettings | None = None,
+) -> tuple[T, str]:
+    """``body``'s result and the zones' console log."""
+
+    async def scenario() -> tuple[T, str]:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "run").mkdir(mode=0o700)
+            log = Path(tmp) / "zone.log"
+            spec = ZoneSpec(
+                name="fault",
+                role="reader",
+                module=faulty_zone.MODULE,
+                socket_path=Path(tmp) / "run" / "r" / "zone.sock",
+                log_path=log,
+            )
+            zone = Zone(spec, backend, settings or ZoneSettings(restart_backoff=(0.0,)))
+            await zone.listen()
+            try:
+                result = await body(zone)
+            finally:
+                await zone.stop()
+            return result, log.read_text(errors="replace") if log.exists() else ""
+
+    return asyncio.run(scenario())
+
+
+def test_each_message_gets_its_own_clone_when_the_reader_is_disposable(
+    backend: QemuBackend,
+) -> None:
+    async def body(zone: Zone) -> tuple[list[str], list[int | None]]:
+        bodies, pids = [], []
+        for number, raw in enumerate(
+            (b"X-Poison: implant\r\n\r\nfirst\r\n", b"Subject: s\r\n\r\nsecond\r\n"), start=1
+        ):
+            reply = await zone.request(request(raw, number), number)
+            assert isinstance(reply, SanitizeResult)
+            bodies.append(reply.message.body)
+            pids.append(zone.peer_pid)
+        return bodies, pids
+
+    settings = ZoneSettings(disposable=True, spare=True, restart_backoff=(0.0,))
+    (bodies, pids), _ = with_zone(backend, body, settings)
+    assert "second" in bodies[1]
+    assert not bodies[1].startswith(faulty_zone.IMPLANTED), bodies
+    assert pids[0] != pids[1]  # two QEMU processes, two kernels
+
+
+def test_a_guest_kernel_panic_mid_request_is_a_crash_and_a_new_clone_serves(
+    backend: QemuBackend,
+) -> None:
+    async def body(zone: Zone) -> tuple[list[int | None], int]:
+        await zone.ensure_running()
+        pids = [zone.peer_pid]
+        handle = zone._handle
+        assert isinstance(handle, QemuHandle)
+        pending = asyncio.ensure_future(zone.request(request(b"X-Poison: hang\r\n\r\nx", 1), 1))
+        await asyncio.sleep(0.3)  # the zone has the request and sits on it
+        async with Qmp(handle.launch / QMP_SOCKET) as qmp:
+            await qmp.command("inject-nmi")  # the guest kernel panics: unknown_nmi_panic
+        with pytest.raises(ZoneCrashedError):
+            await pending
+        reply = await zone.request(request(b"Subject: after\r\n\r\nstill here\r\n", 2), 2)
+        assert isinstance(reply, SanitizeResult)
+        assert "still here" in reply.message.body
+        pids.append(zone.peer_pid)
+        return pids, zone.starts
+
+    (pids, starts), console = with_zone(backend, body)
+    assert "Kernel panic" in console, console[-2000:]
+    assert pids[0] != pids[1]  # a new QEMU, cloned from the template, serves
+    assert starts == 2
+
+
+def test_a_guest_that_floods_its_port_is_cut_off_and_replaced(backend: QemuBackend) -> None:
+    async def body(zone: Zone) -> int:
+        with pytest.raises(ZoneReplyError):
+            await zone.request(request(b"X-Poison: flood\r\n\r\nx", 1), 1)
+        reply = await zone.request(request(b"Subject: after\r\n\r\nok\r\n", 2), 2)
+        assert isinstance(reply, SanitizeResult)
+        return zone.starts
+
+    starts, _ = with_zone(backend, body)
+    assert starts == 2
+
+
+def test_a_guest_that_never_wakes_is_killed_at_the_hello_deadline(
+    backend: QemuBackend,
+) -> None:
+    silent = NoWake()
+    silent.check()
+    silent._template = backend._template  # the same saved VM, only the executor differs
+
+    async def body(zone: Zone) -> int | None:
+        with pytest.raises(ZoneStartError, match="no hello before the deadline"):
+            await zone.ensure_running()
+        return zone._handle.returncode if zone._handle else None
+
+    settings = ZoneSettings(hello_timeout=3.0, start_attempts=1)
+    code, _ = with_zone(silent, body, settings)
+    assert code is None  # not started: the failed launch was killed and dropped
+
+
+def test_a_malformed_wake_ends_the_guest_before_any_zone_runs(backend: QemuBackend) -> None:
+    garbled = BadWake()
+    garbled.check()
+    garbled._template = backend._template
+
+    async def body(zone: Zone) -> int | None:
+        with pytest.raises(ZoneStartError, match="before its hello"):
+            await zone.ensure_running()
+        handle = zone._handle
+        return None if handle is None else await handle.wait()
+
+    settings = ZoneSettings(hello_timeout=60.0, start_attempts=1)
+    _, console = with_zone(garbled, body, settings)
+    assert "invalid wake frame" in console, console[-2000:]  # the guest's init said why
+
+
+def test_the_qemu_section_of_the_config_reaches_the_backend() -> None:
+    config = Config(qemu=QemuConfig(memory_mb=256, accel="tcg", template=False))
+    chosen = get_backend("qemu", config)
+    assert isinstance(chosen, QemuBackend)
+    assert (chosen.settings.memory_mb, chosen.settings.accel) == (256, "tcg")
+    assert chosen.settings.template is False
+
+
+# --- the kernel cache -----------------------------------------------------------------------------
+
+
+def test_a_damaged_kernel_cache_entry_is_fetched_again(tmp_path: Path) -> None:
+    cached = ensure_kernel()
+    copy = tmp_path / "kernels" / cached.directory.name
+    shutil.copytree(cached.directory, copy)
+    vmlinux = copy / "vmlinux"
+    data = bytearray(vmlinux.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the kernel
+    vmlinux.write_bytes(bytes(data))
+    assert _load_kernel(copy) is None  # the manifest's digest no longer matches
+
+    fetched = ensure_kernel(tmp_path)
+    assert fetched.directory == copy
+    assert fetched.vmlinux.read_bytes() == cached.vmlinux.read_bytes()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["release"] == cached.release
+
+
+def test_a_kernel_that_cannot_be_fetched_names_the_command_that_fixes_it(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(BackendError) as raised:
+        ensure_kernel(tmp_path, package="linux-image-threezone-no-such-package")
+    assert "apt-get download -q linux-image-threezone-no-such-package" in str(raised.value)
+    assert not list((tmp_path / "kernels").glob("*/manifest.json"))  # nothing half-made kept
+
+
+def test_the_kernel_cache_is_where_the_environment_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THREEZONE_QEMU_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
