@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import pytest
 
-from threezone.backends import get_backend
+from threezone.backends import cgroups, get_backend
 from threezone.backends.base import ZoneHandle, ZoneSpec
-from threezone.backends.qemu import QMP_SOCKET, QemuBackend, QemuHandle, Qmp
+from threezone.backends.qemu import QEMU_OVERHEAD_MB, QMP_SOCKET, QemuBackend, QemuHandle, Qmp
 from threezone.backends.qemu_image import _load_kernel, cache_root, ensure_kernel
 from threezone.config.schema import Config, QemuConfig
 from threezone.errors import (
@@ -222,3 +222,23 @@ def test_the_kernel_cache_is_where_the_environment_says(
 ) -> None:
     monkeypatch.setenv("THREEZONE_QEMU_CACHE", str(tmp_path))
     assert cache_root() == tmp_path
+
+
+@pytest.mark.skipif(cgroups.mode() == "none", reason="no writable cgroup hierarchy (not root)")
+def test_each_qemu_process_runs_in_its_own_limited_cgroup(backend: QemuBackend) -> None:
+    async def body(zone: Zone) -> tuple[cgroups.Group, bool, str]:
+        await zone.ensure_running()
+        handle = zone._handle
+        assert isinstance(handle, QemuHandle)
+        assert handle.group is not None
+        member = handle.pid in handle.group.pids()
+        limit_file = "memory.max" if handle.group.version == 2 else "memory.limit_in_bytes"
+        limit = (handle.group.dirs[0] / limit_file).read_text().strip()
+        return handle.group, member, limit
+
+    (group, member, limit), _ = with_zone(backend, body)
+    assert member  # QEMU itself, so every thread it starts, is counted
+    settings = backend.settings
+    expected = settings.memory_mb + settings.tb_size_mb + QEMU_OVERHEAD_MB
+    assert int(limit) == expected * 1024 * 1024
+    assert not any(d.exists() for d in group.dirs)  # removed once the zone stopped

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from threezone.backends import cgroups
 from threezone.backends.base import Backend, Limits, ProcessHandle, ZoneHandle, ZoneSpec
 from threezone.backends.qemu_image import Bundle, Kernel, ensure_bundle, ensure_kernel
 from threezone.backends.seccomp import build_filter
@@ -65,6 +66,11 @@ DEFAULT_UID_BASE = 62000
 TEMPLATE_READY = b"threezone-template-ready\n"
 TEMPLATE_TIMEOUT = 120.0
 GUEST_DIED = 127
+# What one QEMU process may use besides the guest's RAM and TCG's translation cache:
+# its own code, heap and I/O buffers (a clone's whole private memory is ~25 MiB), and
+# the threads of its event loop, vCPU and workers.
+QEMU_OVERHEAD_MB = 160
+QEMU_TASKS = 48
 # RAM that is a shared file is not in the migration stream: the template's RAM memfd
 # holds it, and each clone maps that copy-on-write instead of reading it.
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
@@ -191,10 +197,9 @@ class QemuBackend(Backend):
     async def _start(self, spec: ZoneSpec) -> ZoneHandle:
         self.check()
         template = await self.template() if self.settings.template else None
+        number = next(self._launches)
         launch = Path(
-            tempfile.mkdtemp(
-                prefix=f"qemu-{next(self._launches)}-", dir=spec.socket_path.parent.parent
-            )
+            tempfile.mkdtemp(prefix=f"qemu-{number}-", dir=spec.socket_path.parent.parent)
         )
         uid = self.zone_uid(spec.name)
         fds: list[int] = []
@@ -213,11 +218,10 @@ class QemuBackend(Backend):
                 argv += clone
             if os.geteuid() == 0:
                 os.chown(launch, uid, uid)
+            group = self._group(f"qemu-{spec.name}-{os.getpid()}-{number}")
+            drop = _drop_to(uid, spec.limits, self.settings, (spec.socket_path, channel), group)
             process = await spec.spawn(
-                argv,
-                {"PATH": "/usr/bin:/bin"},
-                pass_fds=tuple(fds),
-                preexec_fn=_drop_to(uid, spec.limits, self.settings, (spec.socket_path, channel)),
+                argv, {"PATH": "/usr/bin:/bin"}, pass_fds=tuple(fds), preexec_fn=drop
             )
         except BaseException:
             shutil.rmtree(launch, ignore_errors=True)
@@ -225,7 +229,7 @@ class QemuBackend(Backend):
         finally:
             for fd in fds:
                 os.close(fd)
-        handle = QemuHandle(process, spec, launch, self._wake(spec))
+        handle = QemuHandle(process, spec, launch, self._wake(spec), group)
         if template is not None:
             try:
                 await self._load_state(handle, state)
@@ -234,6 +238,13 @@ class QemuBackend(Backend):
                 await handle.wait()
                 raise
         return handle
+
+    def _group(self, name: str) -> cgroups.Group | None:
+        """One cgroup per QEMU process, where the hierarchy is writable: its memory
+        (guest RAM, translation cache, QEMU itself) and its tasks, and a kill that takes
+        every thread at once."""
+        memory = self.settings.memory_mb + self.settings.tb_size_mb + QEMU_OVERHEAD_MB
+        return cgroups.create(name, Limits(memory_mb=memory, pids=QEMU_TASKS))
 
     async def _load_state(self, handle: QemuHandle, state: int) -> None:
         """Give a clone its template's device state: it runs on from the template's pause."""
@@ -498,12 +509,18 @@ class QemuHandle(ProcessHandle):
     """A zone's QEMU process; its exit code is the zone's, reported by the guest."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, spec: ZoneSpec, launch: Path, wake: bytes
+        self,
+        process: asyncio.subprocess.Process,
+        spec: ZoneSpec,
+        launch: Path,
+        wake: bytes,
+        group: cgroups.Group | None = None,
     ) -> None:
         super().__init__(process)
         self.zone = spec.name
         self.launch = launch
         self.wake = wake
+        self.group = group
 
     @property
     def returncode(self) -> int | None:
@@ -513,7 +530,14 @@ class QemuHandle(ProcessHandle):
     async def wait(self) -> int:
         raw = await self._process.wait()
         shutil.rmtree(self.launch, ignore_errors=True)
+        if self.group is not None:
+            await self.group.drain_and_remove()
         return guest_code(raw)
+
+    def kill(self) -> None:
+        super().kill()
+        if self.group is not None:
+            self.group.kill()
 
     async def stop(self, grace: float = 2.0) -> int:
         """The zone was sent shutdown; then QMP ``quit``; then SIGTERM; then SIGKILL."""
@@ -671,13 +695,19 @@ async def _until(
 
 
 def _drop_to(
-    uid: int, limits: Limits, settings: QemuSettings, channel: tuple[Path, int] | None = None
+    uid: int,
+    limits: Limits,
+    settings: QemuSettings,
+    channel: tuple[Path, int] | None = None,
+    group: cgroups.Group | None = None,
 ) -> Callable[[], None]:
-    """The QEMU process's own limits and uid (the guest applies the zone's limits);
-    first, with ``channel``, connect the zone socket into that descriptor number."""
+    """The QEMU process's own limits, cgroup and uid (the guest applies the zone's
+    limits); first, with ``channel``, connect the zone socket into that descriptor."""
     address_space = (settings.memory_mb + settings.tb_size_mb + 1024) * 1024 * 1024
 
     def drop() -> None:
+        if group is not None:
+            group.enter()
         os.dup2(2, 1)  # the guest's console goes where a sandbox zone's stderr goes
         if channel is not None:
             path, number = channel
