@@ -20,7 +20,9 @@ from threezone.backends import cgroups, get_backend
 from threezone.backends.base import ZoneHandle, ZoneSpec
 from threezone.backends.qemu import QEMU_OVERHEAD_MB, QMP_SOCKET, QemuBackend, QemuHandle, Qmp
 from threezone.backends.qemu_image import _load_kernel, cache_root, ensure_kernel
+from threezone.config.load import load_config
 from threezone.config.schema import Config, QemuConfig
+from threezone.demo import build_workspace
 from threezone.errors import (
     BackendError,
     ZoneCrashedError,
@@ -28,6 +30,7 @@ from threezone.errors import (
     ZoneStartError,
 )
 from threezone.executor.broker import Zone, ZoneSettings
+from threezone.executor.core import run_once
 from threezone.protocol.messages import SanitizeRequest, SanitizeResult
 from threezone.testing import faulty_zone
 
@@ -242,3 +245,14 @@ def test_each_qemu_process_runs_in_its_own_limited_cgroup(backend: QemuBackend) 
     expected = settings.memory_mb + settings.tb_size_mb + QEMU_OVERHEAD_MB
     assert int(limit) == expected * 1024 * 1024
     assert not any(d.exists() for d in group.dirs)  # removed once the zone stopped
+
+
+def test_a_local_model_planner_under_qemu_is_refused_at_start_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    loaded = load_config(build_workspace(tmp_path / "ws", planner="local"))
+    with pytest.raises(BackendError) as raised:
+        asyncio.run(run_once(loaded, get_backend("qemu", loaded.config)))
+    assert "local model planner is not bundled" in raised.value.detail
+    assert 'kind = "llm"' in raised.value.fix
+    assert not list((tmp_path / "ws" / "outbox").glob("*.eml"))  # nothing was acted on

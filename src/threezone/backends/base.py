@@ -153,6 +153,10 @@ class Backend(abc.ABC):
     def check(self) -> None:  # noqa: B027 - an optional hook: most backends run anywhere
         """Raise :class:`BackendError`, naming the fix, if zones cannot start here."""
 
+    def validate(self, spec: ZoneSpec) -> None:  # noqa: B027 - an optional hook
+        """Raise :class:`BackendError` if this backend cannot run ``spec`` at all (checked
+        when the zone's socket opens, so a misfit fails the start, not the first message)."""
+
     def prepare(self, spec: ZoneSpec) -> None:  # noqa: B027 - an optional hook
         """Adjust the zone's socket (owner, mode) after the executor created it."""
 

@@ -161,6 +161,19 @@ class QemuBackend(Backend):
     def socket_arg(self, spec: ZoneSpec) -> str:
         return "/dev/fd/{fd}"  # vm_guest fills in the port's descriptor
 
+    def validate(self, spec: ZoneSpec) -> None:
+        """A guest sees no host file: the bundle is all it has. A zone that needs one
+        (the local model planner's model file) cannot run here."""
+        if spec.read_only:
+            shown = ", ".join(str(p) for p in spec.read_only)
+            raise BackendError(
+                self.name,
+                f"zone {spec.name} needs host files ({shown}), and a guest sees none "
+                "(the local model planner is not bundled into the VM)",
+                'use [planner] kind = "llm" (the model runs behind the executor) or '
+                '"hijacked" with the qemu backend, or backend = "sandbox" for a local model',
+            )
+
     # --- availability -------------------------------------------------------------------------
 
     def check(self) -> None:

@@ -238,6 +238,7 @@ class Zone:
         return next(self._ids)
 
     async def listen(self) -> None:
+        self.backend.validate(self.spec)
         path = self.spec.socket_path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
