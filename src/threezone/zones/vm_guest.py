@@ -81,24 +81,28 @@ def run() -> int:
     for program in ZONE_PROGRAMS:
         importlib.import_module(program)
     fd = os.open(port, os.O_RDWR)
-    if TEMPLATE_FLAG in Path("/proc/cmdline").read_text().split():
+    template = TEMPLATE_FLAG in Path("/proc/cmdline").read_text().split()
+    if template:
         warm_up()
-        os.write(fd, TEMPLATE_READY)
-    wake = read_wake(fd)
-    reseed(wake.seed)
-    time.clock_settime_ns(time.CLOCK_REALTIME, wake.time_ns)
+    # The zone's process exists before the template is saved, waiting for its wake:
+    # a clone goes straight from the wake to becoming its zone, without a fork.
     pid = os.fork()
     if pid == 0:
         code = GUEST_DIED
         try:
+            wake = read_wake(fd)
+            reseed(wake.seed)
+            time.clock_settime_ns(time.CLOCK_REALTIME, wake.time_ns)
             code = become_zone(libc, wake, fd)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # the zone's own crash, reported as a code
+        except BaseException:  # a bad wake, or the zone's own crash: reported as a code
             traceback.print_exc()
         finally:
             sys.stderr.flush()
             os._exit(code if 0 <= code < GUEST_DIED else GUEST_DIED)
+    if template:
+        os.write(fd, TEMPLATE_READY)
     os.close(fd)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
@@ -174,6 +178,15 @@ def warm_up() -> None:
     for channel, raw in channels:
         with contextlib.suppress(Exception):  # a warm-up that fails costs only speed
             read(channel, raw, f"{channel}:warm")
+    with contextlib.suppress(Exception):  # a zone's start: its argument parsing, once
+        from threezone.zones.client import parse_args
+        from threezone.zones.planner_main import planner_factory
+        from threezone.zones.probes import ProbeTargets, parse_probe_args, probe_args
+
+        targets = ProbeTargets(None, None, None, None, ("/",), None)
+        argv = ["--zone", "warm", "--socket", "/dev/fd/3", "--landlock", *probe_args(targets)]
+        parse_probe_args(parse_args("reader", argv).extra)
+        planner_factory(("--planner", "hijacked"))
 
 
 def read_wake(fd: int) -> Wake:
