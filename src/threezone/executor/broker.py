@@ -97,6 +97,11 @@ class _Launch:
     peer_pid: int | None = None
 
 
+def _consume(future: asyncio.Future[ZoneConnection]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ZoneConnection:
     """One accepted zone connection: frames both ways, replies matched by id."""
 
@@ -304,6 +309,8 @@ class Zone:
         finally:
             self._starting -= 1
         launch = _Launch(handle, asyncio.get_running_loop().create_future())
+        # A spare dropped while starting leaves nobody to read a late refusal: read here.
+        launch.arrived.add_done_callback(_consume)
         self._waiting.append(launch)
         try:
             conn = await self._hello(launch)
