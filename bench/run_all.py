@@ -21,6 +21,7 @@ import pipeline_overhead
 import planner_local
 import policy_decision
 import protocol_codec
+import qemu_backend
 import readers
 import soak
 import zones
@@ -53,6 +54,7 @@ def main() -> None:
         "channels_e2e": lambda: channels_e2e.measure(30 if args.quick else 300),
         "zones": lambda: zones.measure(5 if args.quick else 30, 100 if args.quick else 1_000),
         "planner_local": lambda: planner_local.measure(1 if args.quick else 3),
+        "qemu": lambda: qemu_backend.measure(3 if args.quick else 10, 20 if args.quick else 200),
         "soak": lambda: soak.measure(1_000 if args.quick else 10_000),
     }
     results: dict[str, object] = {"machine": machine()}

@@ -31,7 +31,7 @@ from threezone.errors import (
 )
 from threezone.executor.broker import Zone, ZoneSettings
 from threezone.executor.core import run_once
-from threezone.protocol.messages import SanitizeRequest, SanitizeResult
+from threezone.protocol.messages import Error, SanitizeRequest, SanitizeResult
 from threezone.testing import faulty_zone
 
 T = TypeVar("T")
@@ -256,3 +256,17 @@ def test_a_local_model_planner_under_qemu_is_refused_at_start_with_the_fix(
     assert "local model planner is not bundled" in raised.value.detail
     assert 'kind = "llm"' in raised.value.fix
     assert not list((tmp_path / "ws" / "outbox").glob("*.eml"))  # nothing was acted on
+
+
+def test_a_clone_reports_its_memory_and_the_sink_answers_unread(backend: QemuBackend) -> None:
+    async def body(zone: Zone) -> tuple[dict[str, int], str]:
+        reply = await zone.request(request(b"X-Poison: sink\r\n\r\n" + b"x" * 100_000, 1), 1)
+        assert isinstance(reply, Error)
+        handle = zone._handle
+        assert isinstance(handle, QemuHandle)
+        return handle.stats(), reply.detail
+
+    (stats, detail), _ = with_zone(backend, body)
+    assert 0 < stats["unique_kb"] <= stats["private_kb"] <= stats["rss_kb"]
+    assert stats["pss_kb"] <= stats["rss_kb"]
+    assert detail == f"{len(b'X-Poison: sink') + 4 + 100_000} bytes received"

@@ -575,7 +575,7 @@ class QemuHandle(ProcessHandle):
         self._signal(signal.SIGTERM)
 
     def stats(self) -> dict[str, int]:
-        """The QEMU process's memory (kB): resident, proportional, and private."""
+        """The QEMU process's memory (kB): resident, proportional, private, unique."""
         return memory_of(self.pid)
 
 
@@ -595,7 +595,15 @@ def memory_of(pid: int) -> dict[str, int]:
             key, _, rest = line.partition(":")
             values[key.strip()] = int(rest.split()[0])
     private = values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)
-    return {"rss_kb": values.get("Rss", 0), "pss_kb": values.get("Pss", 0), "private_kb": private}
+    return {
+        "rss_kb": values.get("Rss", 0),
+        "pss_kb": values.get("Pss", 0),
+        # includes template pages that only this clone happens to map
+        "private_kb": private,
+        # copies only this process has: guest pages it wrote (copy-on-write), TCG's
+        # translated code, QEMU's heap
+        "unique_kb": values.get("Anonymous", 0),
+    }
 
 
 # --- QMP ------------------------------------------------------------------------------------------

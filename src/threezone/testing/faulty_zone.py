@@ -12,6 +12,8 @@ It is the real email reader, except that a raw message containing a line
 ``bad-json``    it answers with JSON that breaks the schema (``sanitized: false``);
 ``unknown-type`` it answers with a message type the protocol does not have;
 ``flood``       it sends frames nobody asked for, as fast as it can, until cut off.
+``sink``        it answers at once with a short error, the message unread (for
+                benchmarks of the channel alone, without the sanitizer's work);
 ``implant``     it answers normally, but from then on this process rewrites the body of
                 every message it sanitizes (what a compromised reader would do to the
                 next message, unless that message gets a fresh zone).
@@ -33,6 +35,7 @@ import msgspec
 from threezone.protocol.messages import (
     ActionRequest,
     ArgValue,
+    Error,
     Message,
     PlanResult,
     SanitizeRequest,
@@ -76,6 +79,11 @@ def _implant(client: ZoneClient, message: SanitizeRequest) -> Message | None:
     reply = _honest(client, message)
     _implanted = True
     return reply
+
+
+def _sink(client: ZoneClient, message: SanitizeRequest) -> Message | None:
+    detail = f"{len(message.raw)} bytes received"
+    return Error(id=client.next_id(), reply_to=message.id, code="sink", detail=detail)
 
 
 def _crash(client: ZoneClient, message: SanitizeRequest) -> Message | None:
@@ -138,6 +146,7 @@ _MODES: dict[str, Callable[[ZoneClient, SanitizeRequest], Message | None]] = {
     "wrong-type": _wrong_type,
     "flood": _flood,
     "implant": _implant,
+    "sink": _sink,
 }
 
 
