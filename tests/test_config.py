@@ -31,6 +31,10 @@ def test_empty_config_gets_defaults() -> None:
         ("[channels.email]\nmaildir = 3", "$.channels.email.maildir"),
         ("[executor]\nbackend = 'docker'", "$.executor.backend"),
         ("[executor]\nrequest_timeout = -1", "$.executor.request_timeout"),
+        ("[qemu]\nmemory_mb = 64", "$.qemu.memory_mb"),
+        ("[qemu]\naccel = 'hvf'", "$.qemu.accel"),
+        ("[readers.email]\ndisposable = 'yes'", "$.readers.email.disposable"),
+        ("[readers.fax]\ndisposable = true", "$.readers.fax"),
     ],
 )
 def test_errors_name_the_key_path(text: str, key_path: str) -> None:

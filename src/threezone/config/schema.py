@@ -233,6 +233,9 @@ class ReadersConfig(_Section, frozen=True):
     telegram: ReaderConfig = ReaderConfig()
     slack: ReaderConfig = ReaderConfig()
 
+    def of(self, channel: str) -> ReaderConfig:
+        return {"email": self.email, "telegram": self.telegram, "slack": self.slack}[channel]
+
 
 class QemuConfig(_Section, frozen=True):
     """The ``qemu`` backend: each guest's RAM, the accelerator, template clones."""

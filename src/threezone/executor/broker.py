@@ -357,19 +357,18 @@ class Zone:
         except (ThreezoneError, asyncio.IncompleteReadError, ConnectionError) as exc:
             conn.close()
             if not launch.arrived.done():
-                error = (
-                    exc
-                    if isinstance(exc, ZoneError)
-                    else ZoneStartError(
-                        self.name, f"closed its connection before its hello ({exc})"
-                    )
-                    if isinstance(exc, asyncio.IncompleteReadError | ConnectionError)
-                    else ZoneStartError(self.name, str(exc))
-                )
-                launch.arrived.set_exception(error)
+                launch.arrived.set_exception(self._refusal(exc))
             return
         if not launch.arrived.done():
             launch.arrived.set_result(conn)
+
+    def _refusal(self, exc: Exception) -> ZoneError:
+        """Why a connection that should have said hello did not, as a zone error."""
+        if isinstance(exc, ZoneError):
+            return exc
+        if isinstance(exc, asyncio.IncompleteReadError | ConnectionError):
+            return ZoneStartError(self.name, f"closed its connection before its hello ({exc})")
+        return ZoneStartError(self.name, str(exc))
 
     async def _launch_of(self, writer: asyncio.StreamWriter) -> _Launch | None:
         """The waiting launch whose process this peer is (SO_PEERCRED), if any.

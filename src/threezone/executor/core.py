@@ -304,7 +304,7 @@ class Executor:
         """The channel's reader zone; one per channel, opened on first use."""
         zone = self.readers.get(channel)
         if zone is None:
-            disposable = getattr(self.loaded.config.readers, channel).disposable
+            disposable = self.loaded.config.readers.of(channel).disposable
             zone = self._zone(f"reader-{channel}", "reader", (), disposable=disposable)
             self.readers[channel] = zone
             self.zones.append(zone)
