@@ -10,7 +10,8 @@ Every key names the accelerator it was measured with (``tcg.`` or ``kvm.``):
   to its first sanitize reply, median of a few;
 * clone: from asking for a zone to its first sanitize reply, median of N; split into
   the restore (QEMU started, template state loaded, running) and the rest (the guest
-  wakes, becomes the zone, runs its isolation self-check, says hello, answers);
+  wakes, becomes the zone, runs its isolation self-check, says hello, answers); and a
+  killed zone replaced by its spare clone (``spare_zones``, the default);
 * memory: five zones at once (four readers, one planner), each after one request:
   RSS, PSS, private and unique memory per QEMU process (``smaps_rollup``; unique is
   ``Anonymous``: guest pages the clone wrote, TCG's translated code, QEMU's heap;
@@ -39,6 +40,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import zones
 
 from threezone.backends import get_backend
 from threezone.backends.base import Backend, Role, ZoneHandle, ZoneSpec
@@ -77,7 +80,7 @@ def sanitize(raw: bytes, request_id: int) -> SanitizeRequest:
 
 
 @asynccontextmanager
-async def zones(
+async def running_zones(
     backend: Backend, workdir: Path, specs: Sequence[ZoneDef]
 ) -> AsyncIterator[list[Zone]]:
     """Zones ``(name, module, args)`` listening under ``workdir``, stopped afterwards;
@@ -115,7 +118,7 @@ def memory(pid: int) -> dict[str, float]:
 async def first_replies(backend: Timed, workdir: Path, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
-        async with zones(backend, workdir, [("bench", READER, ())]) as (zone,):
+        async with running_zones(backend, workdir, [("bench", READER, ())]) as (zone,):
             begin = time.perf_counter()
             reply = await zone.request(sanitize(TINY, 1), 1)
             times.append(time.perf_counter() - begin)
@@ -128,7 +131,7 @@ async def five_zones(backend: QemuBackend, workdir: Path) -> dict[str, float]:
         (f"reader-{n}", READER, ()) for n in ("email", "telegram", "slack", "spare")
     ]
     specs.append(("planner", PLANNER, ("--planner", "hijacked")))
-    async with zones(backend, workdir, specs) as made:
+    async with running_zones(backend, workdir, specs) as made:
         for zone in made:
             if zone.spec.role == "reader":
                 await zone.request(sanitize(TINY, 1), 1)
@@ -152,7 +155,7 @@ async def five_zones(backend: QemuBackend, workdir: Path) -> dict[str, float]:
 
 async def channel(backend: Backend, workdir: Path, trips: int) -> dict[str, float]:
     specs: list[ZoneDef] = [("tiny", READER, ()), ("sink", faulty_zone.MODULE, ())]
-    async with zones(backend, workdir, specs) as (tiny, sink):
+    async with running_zones(backend, workdir, specs) as (tiny, sink):
         await tiny.request(sanitize(TINY, 1), 1)
         small = []
         for request_id in range(2, trips + 2):
@@ -176,8 +179,8 @@ async def channel(backend: Backend, workdir: Path, trips: int) -> dict[str, floa
 
 
 async def disposable(backend: Backend, workdir: Path, messages: int) -> dict[str, float]:
-    async with zones(backend, workdir, [("long", READER, ()), ("fresh", READER, ())]) as made:
-        long_lived, fresh = made
+    pair: list[ZoneDef] = [("long", READER, ()), ("fresh", READER, ())]
+    async with running_zones(backend, workdir, pair) as (long_lived, fresh):
         fresh.settings = replace(SETTINGS, disposable=True, spare=True)
         await long_lived.request(sanitize(TINY, 1), 1)
         await fresh.ensure_running()
@@ -216,6 +219,11 @@ async def measure_async(starts: int, trips: int) -> dict[str, float]:
         clone = await first_replies(backend, workdir, starts)
         result["clone_to_first_reply_ms_median"] = statistics.median(clone) * 1000
         result["clone_restore_ms_median"] = statistics.median(backend.starts) * 1000
+        decoys = Decoys(workdir, lambda _what: None)
+        await decoys.start()
+        spare = await zones.warm_restarts(backend, workdir, decoys, max(5, starts // 2))
+        await decoys.close()
+        result["restart_with_spare_ms_median"] = statistics.median(spare) * 1000
 
         cold_backend = Timed(QemuSettings(template=False))
         cold_backend.check()

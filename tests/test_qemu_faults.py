@@ -22,7 +22,7 @@ from threezone.backends.qemu import QEMU_OVERHEAD_MB, QMP_SOCKET, QemuBackend, Q
 from threezone.backends.qemu_image import _load_kernel, cache_root, ensure_kernel
 from threezone.config.load import load_config
 from threezone.config.schema import Config, QemuConfig
-from threezone.demo import build_workspace
+from threezone.demo import build_workspace, mail_to_owner
 from threezone.errors import (
     BackendError,
     ZoneCrashedError,
@@ -31,8 +31,10 @@ from threezone.errors import (
 )
 from threezone.executor.broker import Zone, ZoneSettings
 from threezone.executor.core import run_once
+from threezone.executor.inbox import State
 from threezone.protocol.messages import Error, SanitizeRequest, SanitizeResult
 from threezone.testing import faulty_zone
+from threezone.testing.workspaces import replace_mails
 
 T = TypeVar("T")
 
@@ -184,10 +186,11 @@ def test_a_malformed_wake_ends_the_guest_before_any_zone_runs(backend: QemuBacke
 
 
 def test_the_qemu_section_of_the_config_reaches_the_backend() -> None:
-    config = Config(qemu=QemuConfig(memory_mb=256, accel="tcg", template=False))
+    config = Config(qemu=QemuConfig(memory_mb=256, accel="tcg", template=False, tb_size_mb=16))
     chosen = get_backend("qemu", config)
     assert isinstance(chosen, QemuBackend)
     assert (chosen.settings.memory_mb, chosen.settings.accel) == (256, "tcg")
+    assert chosen.settings.tb_size_mb == 16
     assert chosen.settings.template is False
 
 
@@ -270,3 +273,30 @@ def test_a_clone_reports_its_memory_and_the_sink_answers_unread(backend: QemuBac
     assert 0 < stats["unique_kb"] <= stats["private_kb"] <= stats["rss_kb"]
     assert stats["pss_kb"] <= stats["rss_kb"]
     assert detail == f"{len(b'X-Poison: sink') + 4 + 100_000} bytes received"
+
+
+def test_the_executor_on_qemu_quarantines_a_poison_message_and_loses_nothing(
+    tmp_path: Path, backend: QemuBackend
+) -> None:
+    """The whole pipeline with every zone a clone: a message that crashes its reader VM
+    each time is quarantined after its tries; the messages around it are answered."""
+    loaded = load_config(build_workspace(tmp_path / "ws"))
+    sender = "alice@partner.example"
+    replace_mails(
+        loaded,
+        {
+            "1-before": mail_to_owner(sender, "before", "can we meet on Tuesday?"),
+            "2-poison": mail_to_owner(sender, "poison", "x", headers={"X-Poison": "crash"}),
+            "3-after": mail_to_owner(sender, "after", "can we meet on Wednesday?"),
+        },
+    )
+    modules = {"reader-email": faulty_zone.MODULE}
+    outcomes = asyncio.run(run_once(loaded, backend, modules))
+    states = {o.message_id.split(":", 1)[1]: (o.state, o.error_code) for o in outcomes}
+    assert states["2-poison"] == (State.QUARANTINED, "zone_crashed")
+    assert states["1-before"][0] is State.DONE
+    assert states["3-after"][0] is State.DONE
+    records = [json.loads(line) for line in (loaded.base / "state" / "audit.jsonl").open()]
+    started = [r["data"] for r in records if r["kind"] == "zone_started"]
+    assert {d["backend"] for d in started} == {"qemu"}
+    assert all(d["probes_held"] == d["probes"] > 0 for d in started), started

@@ -25,7 +25,12 @@ def get_backend(name: str, config: Config | None = None) -> Backend:
     never a silent fallback to another one."""
     if name == QemuBackend.name and config is not None:
         qemu = config.qemu
-        settings = QemuSettings(memory_mb=qemu.memory_mb, accel=qemu.accel, template=qemu.template)
+        settings = QemuSettings(
+            memory_mb=qemu.memory_mb,
+            accel=qemu.accel,
+            tb_size_mb=qemu.tb_size_mb,
+            template=qemu.template,
+        )
         return QemuBackend(settings)
     try:
         return BACKENDS[name]()
