@@ -15,6 +15,8 @@ ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || needed+=(libseccomp2)
 
 # The qemu backend: QEMU itself, and apt-get/dpkg-deb to fetch its guest kernel (Debian's).
 command -v qemu-system-x86_64 >/dev/null || needed+=(qemu-system-x86)
+# GNU cpio reads the initramfs writer's archives back in its test.
+command -v cpio >/dev/null || needed+=(cpio)
 
 # Optional, installed when we can (root with apt-get), never required:
 # - nftables, for the kernel-level egress fence (docs/egress.md) and its test;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -12,7 +13,12 @@ import lz4.block  # type: ignore[import-untyped]
 import pytest
 
 from threezone.backends.qemu import guest_code
-from threezone.backends.qemu_image import CpioWriter, extract_vmlinux, module_order
+from threezone.backends.qemu_image import (
+    CpioWriter,
+    _prune_bundles,
+    extract_vmlinux,
+    module_order,
+)
 from threezone.errors import BackendError
 
 
@@ -71,3 +77,14 @@ def test_a_bzimage_without_a_kernel_is_refused() -> None:
 )
 def test_guest_exit_codes_map_back(raw: int, zone: int) -> None:
     assert guest_code(raw) == zone
+
+
+def test_only_the_most_recently_used_bundles_are_kept(tmp_path: Path) -> None:
+    for age in range(6):
+        bundle = tmp_path / f"initramfs-{age}.cpio"
+        bundle.write_bytes(b"x")
+        os.utime(bundle, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (tmp_path / "unrelated.txt").write_text("kept")
+    _prune_bundles(tmp_path, keep=3)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["initramfs-0.cpio", "initramfs-1.cpio", "initramfs-2.cpio", "unrelated.txt"]

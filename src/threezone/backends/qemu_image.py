@@ -265,6 +265,9 @@ class Bundle:
     size: int
 
 
+KEEP_BUNDLES = 4  # per cache: this installation's and those of a few others
+
+
 def ensure_bundle(kernel: Kernel, root: Path | None = None) -> Bundle:
     """The initramfs for this kernel and this installation, built if not cached."""
     root = root or cache_root()
@@ -276,16 +279,27 @@ def ensure_bundle(kernel: Kernel, root: Path | None = None) -> Bundle:
         digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     key = digest.hexdigest()[:24]
     target = root / "bundles" / f"initramfs-{key}.cpio"
-    if not target.exists():
+    if target.exists():
+        os.utime(target)  # recently used: kept when other installations prune
+    else:
         target.parent.mkdir(parents=True, exist_ok=True)
-        for old in target.parent.glob("initramfs-*.cpio"):
-            old.unlink(missing_ok=True)  # one bundle per installation is enough
+        _prune_bundles(target.parent, keep=KEEP_BUNDLES - 1)
         fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".build-")
         with os.fdopen(fd, "wb") as out:
             write_initramfs(out, files, python, kernel)
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
     return Bundle(target, key, python, target.stat().st_size)
+
+
+def _prune_bundles(directory: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used bundles. Several installations
+    (checkouts, virtualenvs) share the cache, and another may be booting from one."""
+    bundles = sorted(
+        directory.glob("initramfs-*.cpio"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for old in bundles[keep:]:
+        old.unlink(missing_ok=True)
 
 
 _COLLECT = """
