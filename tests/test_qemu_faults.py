@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -300,3 +305,62 @@ def test_the_executor_on_qemu_quarantines_a_poison_message_and_loses_nothing(
     started = [r["data"] for r in records if r["kind"] == "zone_started"]
     assert {d["backend"] for d in started} == {"qemu"}
     assert all(d["probes_held"] == d["probes"] > 0 for d in started), started
+
+
+_ORPHAN = r"""
+import asyncio, sys
+from pathlib import Path
+from threezone.backends.base import ZoneSpec
+from threezone.backends.qemu import QemuBackend
+from threezone.executor.broker import Zone, ZoneSettings
+from threezone.protocol.messages import SanitizeRequest
+from threezone.testing import faulty_zone
+
+async def main() -> None:
+    run = Path(sys.argv[1])
+    spec = ZoneSpec(name="orphan", role="reader", module=faulty_zone.MODULE,
+                    socket_path=run / "r" / "zone.sock")
+    zone = Zone(spec, QemuBackend(), ZoneSettings(hello_timeout=120.0, request_timeout=3600))
+    await zone.listen()
+    await zone.ensure_running()
+    # a zone busy with a message: it will not notice its connection closing
+    hang = SanitizeRequest(id=1, channel="email", message_id="email:o", raw=b"X-Poison: hang\r\n")
+    pending = asyncio.ensure_future(zone.request(hang, 1))
+    await asyncio.sleep(0.5)
+    print(zone.pid, flush=True)
+    await pending
+
+asyncio.run(main())
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (this may be a container's PID 1)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_a_vm_does_not_outlive_an_executor_killed_with_sigkill(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    executor = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert executor.stdout is not None
+        line = executor.stdout.readline()  # the zone is up: its QEMU's pid
+        qemu = int(line)
+        assert alive(qemu)
+        os.kill(executor.pid, signal.SIGKILL)
+        executor.wait(10)
+        for _ in range(200):
+            if not alive(qemu):
+                break
+            time.sleep(0.05)
+        assert not alive(qemu), "QEMU outlived its executor"
+    finally:
+        executor.kill()
+        executor.wait()

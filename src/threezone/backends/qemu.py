@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import json
 import logging
@@ -74,6 +75,7 @@ QEMU_TASKS = 48
 # RAM that is a shared file is not in the migration stream: the template's RAM memfd
 # holds it, and each clone maps that copy-on-write instead of reading it.
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+_PR_SET_PDEATHSIG = 1
 _F_ADD_SEALS, _F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1033, 1, 2, 4, 8
 
 
@@ -726,8 +728,12 @@ def _drop_to(
     group: cgroups.Group | None = None,
 ) -> Callable[[], None]:
     """The QEMU process's own limits, cgroup and uid (the guest applies the zone's
-    limits); first, with ``channel``, connect the zone socket into that descriptor."""
+    limits); first, with ``channel``, connect the zone socket into that descriptor.
+    QEMU dies with the executor (``PR_SET_PDEATHSIG``), as a sandbox zone does: a VM
+    left running would hold its memory with nobody to talk to."""
     address_space = (settings.memory_mb + settings.tb_size_mb + 1024) * 1024 * 1024
+    executor = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
 
     def drop() -> None:
         if group is not None:
@@ -752,5 +758,11 @@ def _drop_to(
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        # After the uid change, which clears it; then make sure the executor is still
+        # there. (It follows the thread that started QEMU: the event loop's, which lives
+        # as long as the executor.)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != executor:
+            os._exit(1)
 
     return drop
