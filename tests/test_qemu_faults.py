@@ -23,7 +23,14 @@ import pytest
 
 from threezone.backends import cgroups, get_backend
 from threezone.backends.base import ZoneHandle, ZoneSpec
-from threezone.backends.qemu import QEMU_OVERHEAD_MB, QMP_SOCKET, QemuBackend, QemuHandle, Qmp
+from threezone.backends.qemu import (
+    GUEST_DIED,
+    QEMU_OVERHEAD_MB,
+    QMP_SOCKET,
+    QemuBackend,
+    QemuHandle,
+    Qmp,
+)
 from threezone.backends.qemu_image import _load_kernel, cache_root, ensure_kernel
 from threezone.config.load import load_config
 from threezone.config.schema import Config, QemuConfig
@@ -44,14 +51,27 @@ from threezone.testing.workspaces import replace_mails
 T = TypeVar("T")
 
 
-class NoWake(QemuBackend):
+class Recording(QemuBackend):
+    """The qemu backend, keeping every handle it started (failed launches included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles: list[ZoneHandle] = []
+
+    async def _start(self, spec: ZoneSpec) -> ZoneHandle:
+        handle = await super()._start(spec)
+        self.handles.append(handle)
+        return handle
+
+
+class NoWake(Recording):
     """An executor that never sends the wake: the guest waits in its template pause."""
 
     def greeting(self, handle: ZoneHandle) -> bytes:
         return b""
 
 
-class BadWake(QemuBackend):
+class BadWake(Recording):
     """An executor whose wake is not a wake frame."""
 
     def greeting(self, handle: ZoneHandle) -> bytes:
@@ -157,6 +177,10 @@ def test_a_guest_that_floods_its_port_is_cut_off_and_replaced(backend: QemuBacke
     assert starts == 2
 
 
+def zone_pids_gone(backend: Recording) -> bool:
+    return not any(alive(h.pid) for h in backend.handles)
+
+
 def test_a_guest_that_never_wakes_is_killed_at_the_hello_deadline(
     backend: QemuBackend,
 ) -> None:
@@ -164,14 +188,15 @@ def test_a_guest_that_never_wakes_is_killed_at_the_hello_deadline(
     silent.check()
     silent._template = backend._template  # the same saved VM, only the executor differs
 
-    async def body(zone: Zone) -> int | None:
+    async def body(zone: Zone) -> list[int]:
         with pytest.raises(ZoneStartError, match="no hello before the deadline"):
             await zone.ensure_running()
-        return zone._handle.returncode if zone._handle else None
+        return [await asyncio.wait_for(h.wait(), 10) for h in silent.handles]
 
     settings = ZoneSettings(hello_timeout=3.0, start_attempts=1)
-    code, _ = with_zone(silent, body, settings)
-    assert code is None  # not started: the failed launch was killed and dropped
+    codes, _ = with_zone(silent, body, settings)
+    assert len(codes) == 1  # one launch, killed at the deadline (wait returned)
+    assert zone_pids_gone(silent)
 
 
 def test_a_malformed_wake_ends_the_guest_before_any_zone_runs(backend: QemuBackend) -> None:
@@ -179,15 +204,16 @@ def test_a_malformed_wake_ends_the_guest_before_any_zone_runs(backend: QemuBacke
     garbled.check()
     garbled._template = backend._template
 
-    async def body(zone: Zone) -> int | None:
+    async def body(zone: Zone) -> list[int]:
         with pytest.raises(ZoneStartError, match="before its hello"):
             await zone.ensure_running()
-        handle = zone._handle
-        return None if handle is None else await handle.wait()
+        return [await asyncio.wait_for(h.wait(), 10) for h in garbled.handles]
 
     settings = ZoneSettings(hello_timeout=60.0, start_attempts=1)
-    _, console = with_zone(garbled, body, settings)
+    codes, console = with_zone(garbled, body, settings)
     assert "invalid wake frame" in console, console[-2000:]  # the guest's init said why
+    assert codes == [GUEST_DIED]  # the guest powered off with init's failure code
+    assert zone_pids_gone(garbled)
 
 
 def test_the_qemu_section_of_the_config_reaches_the_backend() -> None:
