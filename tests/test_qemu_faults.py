@@ -24,7 +24,6 @@ import pytest
 from threezone.backends import cgroups, get_backend
 from threezone.backends.base import ZoneHandle, ZoneSpec
 from threezone.backends.qemu import (
-    GUEST_DIED,
     QEMU_OVERHEAD_MB,
     QMP_SOCKET,
     QemuBackend,
@@ -47,6 +46,7 @@ from threezone.executor.inbox import State
 from threezone.protocol.messages import Error, SanitizeRequest, SanitizeResult
 from threezone.testing import faulty_zone
 from threezone.testing.workspaces import replace_mails
+from threezone.zones.vm_guest import GUEST_DIED
 
 T = TypeVar("T")
 
@@ -177,6 +177,18 @@ def test_a_guest_that_floods_its_port_is_cut_off_and_replaced(backend: QemuBacke
     assert starts == 2
 
 
+R = TypeVar("R", bound=Recording)
+
+
+def sharing_template(kind: type[R], backend: QemuBackend) -> R:
+    """A ``kind`` backend cloning ``backend``'s template: the same saved VM, only the
+    executor's side differs."""
+    other = kind()
+    other.check()
+    other._template = asyncio.run(backend.template())
+    return other
+
+
 def zone_pids_gone(backend: Recording) -> bool:
     return not any(alive(h.pid) for h in backend.handles)
 
@@ -184,9 +196,7 @@ def zone_pids_gone(backend: Recording) -> bool:
 def test_a_guest_that_never_wakes_is_killed_at_the_hello_deadline(
     backend: QemuBackend,
 ) -> None:
-    silent = NoWake()
-    silent.check()
-    silent._template = backend._template  # the same saved VM, only the executor differs
+    silent = sharing_template(NoWake, backend)
 
     async def body(zone: Zone) -> list[int]:
         with pytest.raises(ZoneStartError, match="no hello before the deadline"):
@@ -200,9 +210,7 @@ def test_a_guest_that_never_wakes_is_killed_at_the_hello_deadline(
 
 
 def test_a_malformed_wake_ends_the_guest_before_any_zone_runs(backend: QemuBackend) -> None:
-    garbled = BadWake()
-    garbled.check()
-    garbled._template = backend._template
+    garbled = sharing_template(BadWake, backend)
 
     async def body(zone: Zone) -> list[int]:
         with pytest.raises(ZoneStartError, match="before its hello"):

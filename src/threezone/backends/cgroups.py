@@ -17,7 +17,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from threezone.backends.base import Limits
+from threezone.backends.base import Limits, ProcessHandle
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "threezone"
@@ -64,6 +64,26 @@ class Group:
                 break
             await asyncio.sleep(0.005)
         self.remove()
+
+
+class GroupedHandle(ProcessHandle):
+    """A zone process with its own group (or None): a kill takes the group too, and the
+    group is removed once the process is reaped."""
+
+    def __init__(self, process: asyncio.subprocess.Process, group: Group | None) -> None:
+        super().__init__(process)
+        self.group = group
+
+    def kill(self) -> None:
+        super().kill()
+        if self.group is not None:
+            self.group.kill()
+
+    async def wait(self) -> int:
+        code = await super().wait()
+        if self.group is not None:
+            await self.group.drain_and_remove()
+        return code
 
 
 _OWNER = re.compile(r"-(?P<pid>\d+)(?:-\d+)?$")

@@ -51,22 +51,28 @@ from pathlib import Path
 from typing import ClassVar
 
 from threezone.backends import cgroups
-from threezone.backends.base import Backend, Limits, ProcessHandle, ZoneHandle, ZoneSpec
+from threezone.backends.base import Backend, Limits, ZoneHandle, ZoneSpec
 from threezone.backends.qemu_image import Bundle, Kernel, ensure_bundle, ensure_kernel
 from threezone.backends.seccomp import build_filter
 from threezone.errors import BackendError
 from threezone.protocol.framing import encode_wake
 from threezone.protocol.messages import Wake
 
+# What the guest's init and this side must agree on, defined once, on the guest's side.
+from threezone.zones.vm_guest import (
+    DEBUG_EXIT_PORT,
+    GUEST_DIED,
+    PORT_NAME,
+    TEMPLATE_FLAG,
+    TEMPLATE_READY,
+)
+
 log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
-PORT_NAME = "threezone"
 GUEST_UID = 1000
 DEFAULT_UID_BASE = 62000
-TEMPLATE_READY = b"threezone-template-ready\n"
 TEMPLATE_TIMEOUT = 120.0
-GUEST_DIED = 127
 # What one QEMU process may use besides the guest's RAM and TCG's translation cache:
 # its own heap, data and I/O buffers (measured: about 15 MiB in a clone), with room to
 # spare, and the threads of its event loop, vCPU and workers.
@@ -329,7 +335,7 @@ class QemuBackend(Backend):
             "-device",
             f"virtserialport,chardev=channel,name={PORT_NAME}",
             "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x01",
+            f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x01",
             "-chardev",
             f"socket,id=qmp,fd={qmp},server=on,wait=off",
             "-mon",
@@ -359,7 +365,7 @@ class QemuBackend(Backend):
             "rdinit=/init",
         ]
         if template:
-            cmdline.append("threezone.template=1")
+            cmdline.append(TEMPLATE_FLAG)
         return [
             "-object",
             f"memory-backend-file,id=mem,size={self.settings.memory_mb}M,"
@@ -523,7 +529,7 @@ class Template:
         ], state
 
 
-class QemuHandle(ProcessHandle):
+class QemuHandle(cgroups.GroupedHandle):
     """A zone's QEMU process; its exit code is the zone's, reported by the guest."""
 
     def __init__(
@@ -534,11 +540,10 @@ class QemuHandle(ProcessHandle):
         wake: bytes,
         group: cgroups.Group | None = None,
     ) -> None:
-        super().__init__(process)
+        super().__init__(process, group)
         self.zone = spec.name
         self.launch = launch
         self.wake = wake
-        self.group = group
 
     @property
     def returncode(self) -> int | None:
@@ -546,16 +551,9 @@ class QemuHandle(ProcessHandle):
         return None if raw is None else guest_code(raw)
 
     async def wait(self) -> int:
-        raw = await self._process.wait()
+        raw = await super().wait()
         shutil.rmtree(self.launch, ignore_errors=True)
-        if self.group is not None:
-            await self.group.drain_and_remove()
         return guest_code(raw)
-
-    def kill(self) -> None:
-        super().kill()
-        if self.group is not None:
-            self.group.kill()
 
     async def stop(self, grace: float = 2.0) -> int:
         """The zone was sent shutdown; then QMP ``quit``; then SIGTERM; then SIGKILL."""

@@ -44,7 +44,7 @@ from typing import ClassVar
 
 import threezone
 from threezone.backends import cgroups
-from threezone.backends.base import Backend, Limits, ProcessHandle, ZoneHandle, ZoneSpec
+from threezone.backends.base import Backend, Limits, ZoneHandle, ZoneSpec
 from threezone.backends.seccomp import build_filter, filter_fd
 from threezone.errors import BackendError
 
@@ -215,24 +215,12 @@ class SandboxBackend(Backend):
         return drop
 
 
-class SandboxHandle(ProcessHandle):
+class SandboxHandle(cgroups.GroupedHandle):
     def __init__(
         self, process: asyncio.subprocess.Process, zone: str, group: cgroups.Group | None
     ) -> None:
-        super().__init__(process)
+        super().__init__(process, group)
         self.zone = zone
-        self.group = group
-
-    def kill(self) -> None:
-        super().kill()
-        if self.group is not None:
-            self.group.kill()
-
-    async def wait(self) -> int:
-        code = await super().wait()
-        if self.group is not None:
-            await self.group.drain_and_remove()
-        return code
 
 
 def bwrap_argv(
